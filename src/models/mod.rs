@@ -1,0 +1,322 @@
+//! The four released ConverseNet models, one file each, and strict loading of their weights.
+
+pub mod conversenet;
+pub mod dncnn;
+pub mod srresnet;
+pub mod usrnet;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Module, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use converse_convert::{ModelSpec, ParamSpec};
+
+pub use conversenet::ConverseNet;
+pub use dncnn::ConverseDnCNN;
+pub use srresnet::ConverseMSRResNet;
+pub use usrnet::ConverseUSRNet;
+
+/// One of the four released models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelKind {
+    /// Converse-DnCNN, grayscale denoising at sigma 25.
+    DnCNN,
+    /// Converse-SRResNet, x4 super-resolution.
+    SRResNet,
+    /// ConverseNet, blind deblurring.
+    ConverseNet,
+    /// Converse-USRNet, deblurring with a known 7x7 kernel.
+    USRNet,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 4] = [Self::DnCNN, Self::SRResNet, Self::ConverseNet, Self::USRNet];
+
+    /// The id, also the released file's stem.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::DnCNN => "converse_dncnn",
+            Self::SRResNet => "converse_srresnet",
+            Self::ConverseNet => "conversenet",
+            Self::USRNet => "converse_usrnet",
+        }
+    }
+
+    /// The official PyTorch class.
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::DnCNN => "ConverseDnCNN",
+            Self::SRResNet => "ConverseMSRResNet",
+            Self::ConverseNet => "ConverseNet",
+            Self::USRNet => "ConverseUSRNet",
+        }
+    }
+
+    /// sha256 of the released `.pth` in the official `model_zoo/`.
+    pub fn sha256(self) -> &'static str {
+        match self {
+            Self::DnCNN => "3b86c7f6e41a014448f923bc331232e1f45e2eae350dd7f9e18440803d283e89",
+            Self::SRResNet => "ed75a697f1ebb9f9ad6a53b7875bb76098f23b48d87bf6f0b0dd8cde6df81d2f",
+            Self::ConverseNet => "603cbb29075178410db9ab6166b247d2ddff32f349c59a7e1763c46feca270bd",
+            Self::USRNet => "729529b8bc8cbda152d6b60734b01032b49c20fcb8b6da2fb33141d9c3378d82",
+        }
+    }
+
+    /// Where the official checkpoint can be downloaded.
+    pub fn url(self) -> String {
+        format!(
+            "https://github.com/cszn/ConverseNet/raw/main/model_zoo/{}.pth",
+            self.id()
+        )
+    }
+
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.id() == id)
+    }
+
+    /// The architecture, as written into converted files' metadata.
+    fn architecture(self) -> String {
+        match self {
+            Self::DnCNN => format!("{:?}", dncnn::Config::released()),
+            Self::SRResNet => format!("{:?}", srresnet::Config::released()),
+            Self::ConverseNet => format!("{:?}", conversenet::Config::released()),
+            Self::USRNet => format!("{:?}", usrnet::Config::released()),
+        }
+    }
+
+    /// The parameter list, read off the model code itself.
+    pub fn spec(self) -> ModelSpec {
+        let store = Arc::new(ParamStore::recording());
+        // Building on zeros cannot fail: the shapes come from the code.
+        let _ = Model::build(self, &store, DType::F32, &Device::Cpu);
+        let params = store
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, shape)| ParamSpec {
+                name: name.clone(),
+                shape: shape.dims().to_vec(),
+            })
+            .collect();
+        ModelSpec {
+            id: self.id().to_owned(),
+            hyperparameters: vec![
+                ("class".into(), self.class().into()),
+                ("architecture".into(), self.architecture()),
+            ],
+            params,
+        }
+    }
+
+    /// Specs of all four released models.
+    pub fn specs() -> Vec<ModelSpec> {
+        Self::ALL.iter().map(|k| k.spec()).collect()
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// Serves tensors to a `VarBuilder`, checking shapes and remembering what was asked for; with no
+/// tensors it records the requests and hands out zeros.
+#[derive(Debug)]
+struct ParamStore {
+    tensors: Option<HashMap<String, Tensor>>,
+    seen: Mutex<Vec<(String, Shape)>>,
+}
+
+impl ParamStore {
+    fn recording() -> Self {
+        Self {
+            tensors: None,
+            seen: Mutex::default(),
+        }
+    }
+
+    fn unused(&self) -> Vec<String> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unused: Vec<String> = self
+            .tensors
+            .iter()
+            .flat_map(|t| t.keys())
+            .filter(|k| !seen.iter().any(|(n, _)| n == *k))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused
+    }
+}
+
+struct Shared(Arc<ParamStore>);
+
+impl SimpleBackend for Shared {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let store = &self.0;
+        store
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_owned(), s.clone()));
+        let Some(tensors) = &store.tensors else {
+            return Tensor::zeros(s, dtype, dev);
+        };
+        let t = tensors.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "missing tensor `{name}` (expected shape {:?})",
+                s.dims()
+            ))
+        })?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "tensor `{name}` has shape {:?}, the model expects {:?}",
+                t.dims(),
+                s.dims()
+            )
+        }
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("tensor `{name}` requested without a shape")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0
+            .tensors
+            .as_ref()
+            .is_some_and(|t| t.contains_key(name))
+    }
+}
+
+/// A loaded model, ready to run.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per process: size does not matter
+pub enum Model {
+    DnCNN(ConverseDnCNN),
+    SRResNet(ConverseMSRResNet),
+    ConverseNet(ConverseNet),
+    USRNet(ConverseUSRNet),
+}
+
+impl Model {
+    fn build(
+        kind: ModelKind,
+        store: &Arc<ParamStore>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Self> {
+        let vb = VarBuilder::from_backend(Box::new(Shared(store.clone())), dtype, dev.clone());
+        Ok(match kind {
+            ModelKind::DnCNN => Self::DnCNN(ConverseDnCNN::new(&dncnn::Config::released(), vb)?),
+            ModelKind::SRResNet => {
+                Self::SRResNet(ConverseMSRResNet::new(&srresnet::Config::released(), vb)?)
+            }
+            ModelKind::ConverseNet => {
+                Self::ConverseNet(ConverseNet::new(&conversenet::Config::released(), vb)?)
+            }
+            ModelKind::USRNet => {
+                Self::USRNet(ConverseUSRNet::new(&usrnet::Config::released(), vb)?)
+            }
+        })
+    }
+
+    /// Builds `kind` from a state dict, strictly: every tensor must be used, with its exact
+    /// shape, and be F32.
+    pub fn from_tensors(
+        kind: ModelKind,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
+        if let Some((name, t)) = tensors.iter().find(|(_, t)| t.dtype() != DType::F32) {
+            bail!("tensor `{name}` is {:?}, {kind} expects F32", t.dtype())
+        }
+        let store = Arc::new(ParamStore {
+            tensors: Some(tensors),
+            seen: Mutex::default(),
+        });
+        let model = Self::build(kind, &store, dtype, dev)?;
+        let unused = store.unused();
+        if !unused.is_empty() {
+            bail!(
+                "{} tensor(s) that {kind} never uses: {}",
+                unused.len(),
+                unused
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+        Ok(model)
+    }
+
+    /// Loads `kind` from a safetensors file (as written by `converse convert`).
+    pub fn load(kind: ModelKind, path: &Path, dtype: DType, dev: &Device) -> anyhow::Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        Self::load_bytes(kind, &bytes, dtype, dev)
+            .with_context(|| format!("cannot load {kind} from '{}'", path.display()))
+    }
+
+    /// Loads `kind` from safetensors bytes.
+    pub fn load_bytes(
+        kind: ModelKind,
+        bytes: &[u8],
+        dtype: DType,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
+        if let Some(model) = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(converse_convert::META_MODEL))
+        {
+            if model != kind.id() {
+                bail!("the file holds {model} weights, not {kind}")
+            }
+        }
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
+        Self::from_tensors(kind, tensors, dtype, dev)
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Self::DnCNN(_) => ModelKind::DnCNN,
+            Self::SRResNet(_) => ModelKind::SRResNet,
+            Self::ConverseNet(_) => ModelKind::ConverseNet,
+            Self::USRNet(_) => ModelKind::USRNet,
+        }
+    }
+
+    /// Runs the model on `x` `(N, C, H, W)`; `kernel` `(N|1, 1, 7, 7)` is required by
+    /// Converse-USRNet and refused by the others.
+    pub fn forward(&self, x: &Tensor, kernel: Option<&Tensor>) -> anyhow::Result<Tensor> {
+        let y = match (self, kernel) {
+            (Self::USRNet(m), Some(k)) => m.forward(x, k)?,
+            (Self::USRNet(_), None) => bail!("Converse-USRNet needs a blur kernel"),
+            (_, Some(_)) => bail!("{} takes no kernel", self.kind()),
+            (Self::DnCNN(m), None) => m.forward(x)?,
+            (Self::SRResNet(m), None) => m.forward(x)?,
+            (Self::ConverseNet(m), None) => m.forward(x)?,
+        };
+        Ok(y)
+    }
+}

@@ -1,0 +1,107 @@
+//! Converse-SRResNet (x4), from "Reverse Convolution and Its Applications to Image Restoration"
+//! (Huang et al., ICCV 2025); `ConverseMSRResNet` in the official `models/converse_srresnet.py`.
+//!
+//! MSRResNet with every residual block replaced by a `ConverseBlock` and each pixel shuffle by a
+//! Converse2D of scale 2, plus a bilinear x4 skip of the input.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::{ConverseBlock, Pointwise};
+use crate::ops::{upsample_bilinear2d, Converse2d, Converse2dConfig, PaddingMode};
+
+/// Hyperparameters of `ConverseMSRResNet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Image channels in.
+    pub in_channels: usize,
+    /// Image channels out.
+    pub out_channels: usize,
+    /// Feature channels.
+    pub num_features: usize,
+    /// `ConverseBlock`s in `conv_body`.
+    pub num_blocks: usize,
+    /// Converse2D in the blocks (kernel 5, padding 4, replicate).
+    pub block: Converse2dConfig,
+    /// The two x2 Converse2D upsamplers `up1`, `up2` (kernel 2, scale 2, padding 2, eps 1e-3).
+    pub up: Converse2dConfig,
+}
+
+impl Config {
+    /// The released `converse_srresnet.pth`: RGB x4, 64 features, 16 blocks.
+    pub fn released() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            num_features: 64,
+            num_blocks: 16,
+            block: Converse2dConfig {
+                kernel_size: 5,
+                scale: 1,
+                padding: 4,
+                padding_mode: PaddingMode::Replicate,
+                eps: 1e-5,
+            },
+            up: Converse2dConfig {
+                kernel_size: 2,
+                scale: 2,
+                padding: 2,
+                padding_mode: PaddingMode::Replicate,
+                eps: 1e-3,
+            },
+        }
+    }
+
+    /// Total upscaling factor.
+    pub fn upscale(&self) -> usize {
+        self.up.scale * self.up.scale
+    }
+}
+
+/// Converse-SRResNet.
+#[derive(Debug)]
+pub struct ConverseMSRResNet {
+    conv_first: Pointwise,
+    conv_body: Vec<ConverseBlock>,
+    upconv1: ConverseBlock,
+    up1: Converse2d,
+    upconv2: ConverseBlock,
+    up2: Converse2d,
+    conv_hres: ConverseBlock,
+    conv_last: Pointwise,
+    upscale: usize,
+}
+
+impl ConverseMSRResNet {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let f = cfg.num_features;
+        let block = |vb: VarBuilder| ConverseBlock::new(f, cfg.block, false, vb);
+        Ok(Self {
+            conv_first: Pointwise::new(cfg.in_channels, f, true, vb.pp("conv_first"))?,
+            conv_body: (0..cfg.num_blocks)
+                .map(|i| block(vb.pp("conv_body").pp(i)))
+                .collect::<Result<_>>()?,
+            upconv1: block(vb.pp("upconv1"))?,
+            up1: Converse2d::new(f, cfg.up, vb.pp("up1"))?,
+            upconv2: block(vb.pp("upconv2"))?,
+            up2: Converse2d::new(f, cfg.up, vb.pp("up2"))?,
+            conv_hres: block(vb.pp("conv_hres"))?,
+            conv_last: Pointwise::new(f, cfg.out_channels, false, vb.pp("conv_last"))?,
+            upscale: cfg.upscale(),
+        })
+    }
+}
+
+impl Module for ConverseMSRResNet {
+    /// `x`: `(N, 3, H, W)` in [0, 1]; returns `(N, 3, 4H, 4W)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.conv_first.forward(x)?.gelu_erf()?;
+        for block in &self.conv_body {
+            h = block.forward(&h)?;
+        }
+        let h = self.up1.forward(&self.upconv1.forward(&h)?)?.gelu_erf()?;
+        let h = self.up2.forward(&self.upconv2.forward(&h)?)?.gelu_erf()?;
+        let h = self.conv_hres.forward(&h)?.gelu_erf()?;
+        self.conv_last.forward(&h)? + upsample_bilinear2d(x, self.upscale)?
+    }
+}

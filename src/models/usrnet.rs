@@ -1,0 +1,129 @@
+//! Converse-USRNet for non-blind deblurring, from "Reverse Convolution and Its Applications to
+//! Image Restoration" (Huang et al., ICCV 2025); `ConverseUSRNet` in the official
+//! `models/converse_usrnet.py`.
+//!
+//! Unfolds a data step and a prior step. `KernelNet` embeds the blur kernel into 16 maps, a 1x1
+//! convolution per iteration lifts them to one kernel per feature channel, and the data module
+//! `d` solves Converse2D with those kernels (the same solver as the learned layers). The prior is
+//! ConverseNet's block stack with per-branch `alpha1`/`alpha2` scales.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::conversenet::{self, BlockStack};
+use crate::nn::Pointwise;
+use crate::ops::converse2d::{lambda, solve};
+use crate::ops::PaddingMode;
+
+/// Hyperparameters of `ConverseUSRNet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The prior: block stack, iterations, features.
+    pub prior: conversenet::Config,
+    /// Side of the blur kernel (the released model: 7).
+    pub kernel_size: usize,
+    /// Maps `KernelNet` produces per kernel.
+    pub kernel_maps: usize,
+    /// Hidden width of `KernelNet`.
+    pub kernel_hidden: usize,
+    /// eps of the data module's `λ`.
+    pub data_eps: f64,
+}
+
+impl Config {
+    /// The released `converse_usrnet.pth`.
+    pub fn released() -> Self {
+        Self {
+            prior: conversenet::Config::released(),
+            kernel_size: 7,
+            kernel_maps: 16,
+            kernel_hidden: 64,
+            data_eps: 1e-3,
+        }
+    }
+}
+
+/// `KernelNet`: `k*k → 64 → 64 → 16*k*k`, GELU between.
+#[derive(Debug)]
+struct KernelNet {
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Linear,
+    maps: usize,
+    k: usize,
+}
+
+impl KernelNet {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (k2, hid) = (cfg.kernel_size * cfg.kernel_size, cfg.kernel_hidden);
+        Ok(Self {
+            fc1: candle_nn::linear(k2, hid, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(hid, hid, vb.pp("fc2"))?,
+            fc3: candle_nn::linear(hid, cfg.kernel_maps * k2, vb.pp("fc3"))?,
+            maps: cfg.kernel_maps,
+            k: cfg.kernel_size,
+        })
+    }
+}
+
+impl Module for KernelNet {
+    fn forward(&self, k: &Tensor) -> Result<Tensor> {
+        let b = k.dim(0)?;
+        let h = self.fc1.forward(&k.reshape((b, ()))?)?.gelu_erf()?;
+        let h = self.fc2.forward(&h)?.gelu_erf()?;
+        self.fc3
+            .forward(&h)?
+            .reshape((b, self.maps, self.k, self.k))
+    }
+}
+
+/// Converse-USRNet.
+#[derive(Debug)]
+pub struct ConverseUSRNet {
+    kernelnet: KernelNet,
+    convs: Vec<Pointwise>,
+    conv1: Pointwise,
+    p: BlockStack,
+    conv2: Pointwise,
+    d_lambda: Tensor,
+    kernel_size: usize,
+}
+
+impl ConverseUSRNet {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let f = cfg.prior.num_features;
+        let alpha = vb.pp("d").get((1, f, 1, 1), "alpha")?;
+        Ok(Self {
+            kernelnet: KernelNet::new(cfg, vb.pp("kernelnet"))?,
+            convs: (0..cfg.prior.num_iterations)
+                .map(|i| Pointwise::new(cfg.kernel_maps, f, true, vb.pp("convs").pp(i)))
+                .collect::<Result<_>>()?,
+            conv1: Pointwise::new(3, f, true, vb.pp("conv1"))?,
+            p: BlockStack::new(&cfg.prior, true, vb.pp("p.m_body"))?,
+            conv2: Pointwise::new(f, 3, true, vb.pp("conv2"))?,
+            d_lambda: lambda(&alpha, cfg.data_eps)?,
+            kernel_size: cfg.kernel_size,
+        })
+    }
+
+    /// `x`: `(N, 3, H, W)` blurred image in [0, 1]; `kernel`: `(N|1, 1, k, k)` the blur kernel
+    /// (normalised, in `scipy.ndimage.convolve` orientation). Returns the deblurred image.
+    pub fn forward(&self, x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+        let (_, one, kh, kw) = kernel.dims4()?;
+        if one != 1 || kh != self.kernel_size || kw != self.kernel_size {
+            candle_core::bail!(
+                "Converse-USRNet takes a (N, 1, {k}, {k}) kernel, got {:?}",
+                kernel.shape(),
+                k = self.kernel_size
+            )
+        }
+        let maps = self.kernelnet.forward(&kernel.to_dtype(x.dtype())?)?;
+        let mut h = self.conv1.forward(x)?;
+        for conv in &self.convs {
+            let k = conv.forward(&maps)?;
+            h = solve(&h, &k, &self.d_lambda, 1, 0, PaddingMode::Circular, None)?;
+            h = self.p.forward(&h)?;
+        }
+        self.conv2.forward(&h)
+    }
+}

@@ -1,0 +1,122 @@
+//! Finding the weights: `--weights DIR`, then `$CONVERSE_WEIGHTS`, then the user's cache folder.
+//!
+//! Each folder may hold the official checkpoint under its released name (`converse_dncnn.pth`)
+//! or a converted `converse_dncnn.safetensors`. A `.pth` is converted on first use and the result
+//! cached as `<cache>/<id>-<sha256 prefix>.safetensors`, so a changed source is converted again.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device};
+
+use crate::models::{Model, ModelKind};
+
+/// Environment variable naming a weights folder.
+pub const ENV_WEIGHTS: &str = "CONVERSE_WEIGHTS";
+
+/// The user's cache folder: `$XDG_CACHE_HOME/converse`, else `~/.cache/converse`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("converse"))
+}
+
+/// Where weights are searched for, in order.
+#[derive(Debug, Clone)]
+pub struct WeightsLocator {
+    /// Folders to search, each with how it was named (for error messages).
+    pub dirs: Vec<(PathBuf, String)>,
+    /// Where converted `.pth` files are cached.
+    pub cache: Option<PathBuf>,
+}
+
+impl WeightsLocator {
+    /// The standard search: `cli_dir`, `$CONVERSE_WEIGHTS`, the cache folder.
+    pub fn new(cli_dir: Option<&Path>) -> Self {
+        let mut dirs = vec![];
+        if let Some(d) = cli_dir {
+            dirs.push((d.to_owned(), "--weights".to_owned()));
+        }
+        if let Some(d) = std::env::var_os(ENV_WEIGHTS).filter(|v| !v.is_empty()) {
+            dirs.push((PathBuf::from(d), format!("${ENV_WEIGHTS}")));
+        }
+        let cache = default_cache_dir();
+        if let Some(c) = &cache {
+            dirs.push((c.clone(), "cache".to_owned()));
+        }
+        Self { dirs, cache }
+    }
+
+    /// Loads `kind`, converting and caching a `.pth` if that is what is found.
+    pub fn load(&self, kind: ModelKind, dtype: DType, dev: &Device) -> anyhow::Result<Model> {
+        let st_name = format!("{}.safetensors", kind.id());
+        let pth_name = format!("{}.pth", kind.id());
+        for (dir, _) in &self.dirs {
+            let st = dir.join(&st_name);
+            if st.is_file() {
+                return Model::load(kind, &st, dtype, dev);
+            }
+            let pth = dir.join(&pth_name);
+            if pth.is_file() {
+                return self.load_pth(kind, &pth, dtype, dev);
+            }
+        }
+        let places: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|(d, how)| format!("  {} ({how})", d.display()))
+            .collect();
+        let env_note = if std::env::var_os(ENV_WEIGHTS).is_none() {
+            format!("\n  ${ENV_WEIGHTS} is not set")
+        } else {
+            String::new()
+        };
+        bail!(
+            "weights for {kind} not found: looked for {st_name} or {pth_name} in\n{}{env_note}\n\
+             Get the official checkpoint from {} and put it in one of these folders, or pass its \
+             folder with --weights DIR.",
+            places.join("\n"),
+            kind.url()
+        )
+    }
+
+    /// Converts `pth` (through the cache when it can be written) and loads it.
+    pub fn load_pth(
+        &self,
+        kind: ModelKind,
+        pth: &Path,
+        dtype: DType,
+        dev: &Device,
+    ) -> anyhow::Result<Model> {
+        let sha = converse_convert::sha256_file(pth)?;
+        let cached = self
+            .cache
+            .as_ref()
+            .map(|c| c.join(format!("{}-{}.safetensors", kind.id(), &sha[..16])));
+        if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
+            return Model::load(kind, c, dtype, dev);
+        }
+        let (info, bytes) = converse_convert::convert_to_bytes(
+            pth,
+            &ModelKind::specs(),
+            converse_convert::Limits::default(),
+        )?;
+        if info.model != kind.id() {
+            bail!(
+                "'{}' holds {} weights, not {kind}",
+                pth.display(),
+                info.model
+            )
+        }
+        if let Some(c) = &cached {
+            // A cache that cannot be written only costs a conversion next time.
+            let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")))
+                .map_err(anyhow::Error::from)
+                .and_then(|_| converse_convert::write_atomic(c, &bytes).map_err(Into::into));
+        }
+        Model::load_bytes(kind, &bytes, dtype, dev)
+            .with_context(|| format!("cannot load {kind} from '{}'", pth.display()))
+    }
+}

@@ -1,0 +1,53 @@
+//! Finding `../shared` (or `$CONVERSE_SHARED`) for the tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The shared data folder, or `None` (with a printed reason) when it is missing outside CI.
+/// Under CI (`$CI` set) missing data is a failure.
+pub fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("CONVERSE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    if dir.join("golden").is_dir() && dir.join("weights").is_dir() {
+        return Some(dir);
+    }
+    let msg = format!(
+        "shared data not found at '{}' (set CONVERSE_SHARED)",
+        dir.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// The `converse` binary with a private cache folder and no weights from the environment.
+pub fn converse(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_converse"));
+    c.env("XDG_CACHE_HOME", cache)
+        .env_remove("CONVERSE_WEIGHTS")
+        .env_remove("RUST_LIB_BACKTRACE");
+    c
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Files in a folder, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}

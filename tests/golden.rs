@@ -1,0 +1,67 @@
+//! Every golden case of `../shared/golden` against its float64 answer `y64`.
+
+mod common;
+
+use candle_core::{DType, Device};
+use converse::verify::{golden_files, Verifier};
+use converse::weights::WeightsLocator;
+
+fn verifier(shared: &std::path::Path, cache: &std::path::Path, dtype: DType) -> Verifier {
+    let locator = WeightsLocator {
+        dirs: vec![(shared.join("weights"), "--weights".into())],
+        cache: Some(cache.to_owned()),
+    };
+    Verifier::new(locator, Device::Cpu, dtype)
+}
+
+#[test]
+fn f32_meets_the_bound_on_every_case() {
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let mut v = verifier(&shared, cache.path(), DType::F32);
+    let files = golden_files(&[shared.join("golden")]).unwrap();
+    let (mut ops, mut models) = (0, 0);
+    for f in &files {
+        let r = v.run(f).unwrap();
+        println!(
+            "{:<28} ours {:.3e}  official f32 {:.3e}  bound {:.3e}",
+            r.name,
+            r.max_abs_err,
+            r.official,
+            r.bound()
+        );
+        assert!(
+            r.passed(),
+            "{}: {:.3e} > {:.3e}",
+            r.name,
+            r.max_abs_err,
+            r.bound()
+        );
+        if r.what == "converse2d" {
+            ops += 1
+        } else {
+            models += 1
+        }
+    }
+    assert!(
+        ops >= 9 && models >= 8,
+        "{ops} operator and {models} model cases"
+    );
+}
+
+/// In f64 the implementation must reproduce `y64` to rounding: this checks the maths itself.
+#[test]
+fn f64_reproduces_y64() {
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let mut v = verifier(&shared, cache.path(), DType::F64);
+    for f in golden_files(&[shared.join("golden")]).unwrap() {
+        let r = v.run(&f).unwrap();
+        println!("{:<28} f64 {:.3e}", r.name, r.max_abs_err);
+        assert!(r.max_abs_err < 1e-8, "{}: {:.3e}", r.name, r.max_abs_err);
+    }
+}
