@@ -21,8 +21,11 @@
 
 pub mod device;
 pub mod eval;
+pub mod image_io;
+pub mod kernel;
 pub mod models;
 pub mod nn;
+pub mod progress;
 pub mod ops;
 pub mod verify;
 pub mod weights;

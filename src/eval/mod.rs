@@ -9,6 +9,8 @@ pub mod blur;
 pub mod imresize;
 pub mod metrics;
 pub mod numpy_rng;
+pub mod protocol;
+pub mod run;
 
 /// KAIR `modcrop(img, m)`: keep the top-left `(h - h % m) × (w - w % m)`
 /// region of an HWC image. Returns the cropped image and its height and width.

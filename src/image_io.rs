@@ -1,0 +1,329 @@
+//! Reading and writing images: PNG, JPEG, BMP, TIFF and WebP.
+//!
+//! Bit depth comes from the decoded image (16-bit in, 16-bit out), alpha is kept apart from the
+//! colour planes, JPEG EXIF orientation is applied, and decoding refuses images over a pixel
+//! limit before allocating them. Writing goes through a temporary file in the destination folder,
+//! then a rename.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+/// Default decoding limit: 16384 x 16384 pixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 16384 * 16384;
+
+/// Sample depth of an image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitDepth {
+    Eight,
+    Sixteen,
+}
+
+/// A decoded image: planar colour in [0, 1], and alpha apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Picture {
+    pub width: usize,
+    pub height: usize,
+    /// 1 (gray) or 3 (RGB).
+    pub channels: usize,
+    /// `channels` planes of `height x width`, values in [0, 1].
+    pub color: Vec<f32>,
+    /// `height x width` in [0, 1], if the file had alpha.
+    pub alpha: Option<Vec<f32>>,
+    pub depth: BitDepth,
+}
+
+impl Picture {
+    pub fn plane(&self, c: usize) -> &[f32] {
+        let n = self.width * self.height;
+        &self.color[c * n..(c + 1) * n]
+    }
+}
+
+/// Decodes `path`, applying EXIF orientation, refusing more than `max_pixels` pixels.
+pub fn decode(path: &Path, max_pixels: u64) -> anyhow::Result<DynamicImage> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    if meta.is_dir() {
+        bail!("'{}' is a folder, not an image", path.display())
+    }
+    let mut reader = ImageReader::open(path)
+        .with_context(|| format!("cannot read '{}'", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    // The pixel limit is checked below; let the decoder allocate what that allows (RGBA, 16-bit).
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(limits);
+    if reader.format().is_none() {
+        bail!(
+            "'{}' is not an image in a supported format (PNG, JPEG, BMP, TIFF, WebP)",
+            path.display()
+        )
+    }
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| anyhow!("'{}' is not a valid image: {e}", path.display()))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        bail!("'{}' is empty ({w}x{h} pixels)", path.display())
+    }
+    if u64::from(w) * u64::from(h) > max_pixels {
+        bail!(
+            "'{}' is {w}x{h} pixels, over the limit of {max_pixels} pixels (raise it with \
+             --max-pixels)",
+            path.display()
+        )
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| anyhow!("'{}' is not a valid image: {e}", path.display()))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Splits a decoded image into planar colour and alpha.
+pub fn to_picture(img: &DynamicImage) -> Picture {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let color = img.color();
+    let depth = if color.bytes_per_pixel() / color.channel_count() >= 2 {
+        BitDepth::Sixteen
+    } else {
+        BitDepth::Eight
+    };
+    let channels = if color.has_color() { 3 } else { 1 };
+    let n = w * h;
+    let mut planes = vec![0f32; channels * n];
+    let mut alpha = color.has_alpha().then(|| vec![0f32; n]);
+    let mut put = |i: usize, px: &[f32]| {
+        for c in 0..channels {
+            planes[c * n + i] = px[c];
+        }
+        if let Some(a) = alpha.as_mut() {
+            a[i] = px[channels];
+        }
+    };
+    match depth {
+        BitDepth::Eight => {
+            let (buf, k) = match (channels, color.has_alpha()) {
+                (1, false) => (img.to_luma8().into_raw(), 1),
+                (1, true) => (img.to_luma_alpha8().into_raw(), 2),
+                (_, false) => (img.to_rgb8().into_raw(), 3),
+                (_, true) => (img.to_rgba8().into_raw(), 4),
+            };
+            let mut px = [0f32; 4];
+            for (i, chunk) in buf.chunks_exact(k).enumerate() {
+                for (p, v) in px.iter_mut().zip(chunk) {
+                    *p = (*v as f64 / 255.0) as f32;
+                }
+                put(i, &px);
+            }
+        }
+        BitDepth::Sixteen => {
+            let (buf, k) = match (channels, color.has_alpha()) {
+                (1, false) => (img.to_luma16().into_raw(), 1),
+                (1, true) => (img.to_luma_alpha16().into_raw(), 2),
+                (_, false) => (img.to_rgb16().into_raw(), 3),
+                (_, true) => (img.to_rgba16().into_raw(), 4),
+            };
+            let mut px = [0f32; 4];
+            for (i, chunk) in buf.chunks_exact(k).enumerate() {
+                for (p, v) in px.iter_mut().zip(chunk) {
+                    *p = (*v as f64 / 65535.0) as f32;
+                }
+                put(i, &px);
+            }
+        }
+    }
+    Picture {
+        width: w,
+        height: h,
+        channels,
+        color: planes,
+        alpha,
+        depth,
+    }
+}
+
+/// Reads an image file.
+pub fn read(path: &Path, max_pixels: u64) -> anyhow::Result<Picture> {
+    Ok(to_picture(&decode(path, max_pixels)?))
+}
+
+/// A float in [0, 1] to 8 bits exactly as the official `tensor2uint`: clamp, times 255 in
+/// float32, round half to even.
+pub fn quantize_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8
+}
+
+fn quantize_u16(v: f32) -> u16 {
+    (v.clamp(0.0, 1.0) * 65535.0).round_ties_even() as u16
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Png,
+    Jpeg,
+    Bmp,
+    Tiff,
+    Webp,
+}
+
+impl Format {
+    /// From a file extension (case-insensitive).
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "png" => Self::Png,
+            "jpg" | "jpeg" => Self::Jpeg,
+            "bmp" => Self::Bmp,
+            "tif" | "tiff" => Self::Tiff,
+            "webp" => Self::Webp,
+            _ => return None,
+        })
+    }
+
+    /// Whether the format stores 16-bit samples.
+    pub fn has_16_bit(self) -> bool {
+        matches!(self, Self::Png | Self::Tiff)
+    }
+
+    /// Whether the format stores alpha.
+    pub fn has_alpha(self) -> bool {
+        !matches!(self, Self::Jpeg)
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpg",
+            Self::Bmp => "bmp",
+            Self::Tiff => "tif",
+            Self::Webp => "webp",
+        }
+    }
+
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Self::Png => ImageFormat::Png,
+            Self::Jpeg => ImageFormat::Jpeg,
+            Self::Bmp => ImageFormat::Bmp,
+            Self::Tiff => ImageFormat::Tiff,
+            Self::Webp => ImageFormat::WebP,
+        }
+    }
+}
+
+/// Builds the image to encode: interleaved, at the picture's depth unless the format is 8-bit.
+fn to_dynamic(pic: &Picture, format: Format) -> DynamicImage {
+    let (w, h) = (pic.width as u32, pic.height as u32);
+    let n = pic.width * pic.height;
+    let alpha = pic.alpha.as_ref().filter(|_| format.has_alpha());
+    let k = pic.channels + alpha.is_some() as usize;
+    let sample = |i: usize, c: usize| -> f32 {
+        if c < pic.channels {
+            pic.color[c * n + i]
+        } else {
+            alpha.map_or(1.0, |a| a[i])
+        }
+    };
+    if pic.depth == BitDepth::Sixteen && format.has_16_bit() {
+        let buf: Vec<u16> = (0..n * k).map(|j| quantize_u16(sample(j / k, j % k))).collect();
+        match k {
+            1 => DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+            2 => DynamicImage::ImageLumaA16(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+            3 => DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+            _ => DynamicImage::ImageRgba16(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+        }
+    } else {
+        let buf: Vec<u8> = (0..n * k).map(|j| quantize_u8(sample(j / k, j % k))).collect();
+        match k {
+            1 => DynamicImage::ImageLuma8(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+            2 => DynamicImage::ImageLumaA8(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+            3 => DynamicImage::ImageRgb8(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+            _ => DynamicImage::ImageRgba8(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
+        }
+    }
+}
+
+/// A temporary path beside `dest`, hidden and unique to this process.
+pub fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join(format!(".{name}.converse-{}.tmp", std::process::id()))
+}
+
+/// Writes `pic` to `dest` in `format` (JPEG at `quality`), atomically.
+pub fn write(pic: &Picture, dest: &Path, format: Format, quality: u8) -> anyhow::Result<()> {
+    let img = to_dynamic(pic, format);
+    let img = match format {
+        // BMP and JPEG take 8-bit only; WebP's encoder takes 8-bit RGB(A) only.
+        Format::Webp if pic.channels == 1 => {
+            if pic.alpha.is_some() {
+                DynamicImage::ImageRgba8(img.to_rgba8())
+            } else {
+                DynamicImage::ImageRgb8(img.to_rgb8())
+            }
+        }
+        _ => img,
+    };
+    let tmp = temp_path(dest);
+    let result = (|| -> anyhow::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut out = BufWriter::new(file);
+        if format == Format::Jpeg {
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+            img.write_with_encoder(enc)?;
+        } else {
+            img.write_to(&mut out, format.image_format())?;
+        }
+        out.flush()?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, dest)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write '{}'", dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_matches_tensor2uint() {
+        assert_eq!(quantize_u8(-0.2), 0);
+        assert_eq!(quantize_u8(1.7), 255);
+        // 0.5 * 255 = 127.5 rounds to even.
+        assert_eq!(quantize_u8(0.5), 128);
+        assert_eq!(quantize_u8(2.5 / 255.0), 2);
+        assert_eq!(quantize_u8(f32::NAN), 0);
+    }
+
+    #[test]
+    fn round_trips_depth_and_alpha() {
+        let dir = tempfile::tempdir().unwrap();
+        let pic = Picture {
+            width: 3,
+            height: 2,
+            channels: 3,
+            color: (0..18).map(|i| i as f32 / 17.0).collect(),
+            alpha: Some(vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+            depth: BitDepth::Sixteen,
+        };
+        let p = dir.path().join("a b ü.png");
+        write(&pic, &p, Format::Png, 90).unwrap();
+        let back = read(&p, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(back.depth, BitDepth::Sixteen);
+        assert_eq!((back.width, back.height, back.channels), (3, 2, 3));
+        for (a, b) in back.color.iter().zip(&pic.color) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        assert!(back.alpha.unwrap().iter().zip(pic.alpha.as_ref().unwrap()).all(|(a, b)| (a - b).abs() < 1e-5));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
