@@ -44,7 +44,8 @@ impl Picture {
 
 /// Decodes `path`, applying EXIF orientation, refusing more than `max_pixels` pixels.
 pub fn decode(path: &Path, max_pixels: u64) -> anyhow::Result<DynamicImage> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?;
     if meta.is_dir() {
         bail!("'{}' is a folder, not an image", path.display())
     }
@@ -76,7 +77,9 @@ pub fn decode(path: &Path, max_pixels: u64) -> anyhow::Result<DynamicImage> {
             path.display()
         )
     }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder)
         .map_err(|e| anyhow!("'{}' is not a valid image: {e}", path.display()))?;
     img.apply_orientation(orientation);
@@ -230,7 +233,9 @@ fn to_dynamic(pic: &Picture, format: Format) -> DynamicImage {
         }
     };
     if pic.depth == BitDepth::Sixteen && format.has_16_bit() {
-        let buf: Vec<u16> = (0..n * k).map(|j| quantize_u16(sample(j / k, j % k))).collect();
+        let buf: Vec<u16> = (0..n * k)
+            .map(|j| quantize_u16(sample(j / k, j % k)))
+            .collect();
         match k {
             1 => DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
             2 => DynamicImage::ImageLumaA16(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
@@ -238,7 +243,9 @@ fn to_dynamic(pic: &Picture, format: Format) -> DynamicImage {
             _ => DynamicImage::ImageRgba16(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
         }
     } else {
-        let buf: Vec<u8> = (0..n * k).map(|j| quantize_u8(sample(j / k, j % k))).collect();
+        let buf: Vec<u8> = (0..n * k)
+            .map(|j| quantize_u8(sample(j / k, j % k)))
+            .collect();
         match k {
             1 => DynamicImage::ImageLuma8(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
             2 => DynamicImage::ImageLumaA8(image::ImageBuffer::from_raw(w, h, buf).expect("size")),
@@ -250,8 +257,14 @@ fn to_dynamic(pic: &Picture, format: Format) -> DynamicImage {
 
 /// A temporary path beside `dest`, hidden and unique to this process.
 pub fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     dir.join(format!(".{name}.converse-{}.tmp", std::process::id()))
 }
 
@@ -323,7 +336,12 @@ mod tests {
         for (a, b) in back.color.iter().zip(&pic.color) {
             assert!((a - b).abs() < 1e-5);
         }
-        assert!(back.alpha.unwrap().iter().zip(pic.alpha.as_ref().unwrap()).all(|(a, b)| (a - b).abs() < 1e-5));
+        assert!(back
+            .alpha
+            .unwrap()
+            .iter()
+            .zip(pic.alpha.as_ref().unwrap())
+            .all(|(a, b)| (a - b).abs() < 1e-5));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

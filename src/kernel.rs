@@ -73,7 +73,8 @@ impl Kernel {
         let mut data = vec![0.0; n * n];
         let (r0, c0) = ((n - h) / 2, (n - w) / 2);
         for i in 0..h {
-            data[(r0 + i) * n + c0..(r0 + i) * n + c0 + w].copy_from_slice(&k.data[i * w..(i + 1) * w]);
+            data[(r0 + i) * n + c0..(r0 + i) * n + c0 + w]
+                .copy_from_slice(&k.data[i * w..(i + 1) * w]);
         }
         Self::new(n, n, data)
     }
@@ -150,7 +151,9 @@ pub fn gaussian(sigma: f64) -> anyhow::Result<Kernel> {
 pub fn motion(length: f64, angle: f64) -> anyhow::Result<Kernel> {
     let n = MODEL_KERNEL_SIZE;
     if !(length.is_finite() && length > 0.0 && length <= n as f64) || !angle.is_finite() {
-        bail!("motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}")
+        bail!(
+            "motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}"
+        )
     }
     let c = (n / 2) as f64;
     let (dx, dy) = (angle.to_radians().cos(), -angle.to_radians().sin());
@@ -214,7 +217,10 @@ pub fn parse_npy(bytes: &[u8]) -> anyhow::Result<Kernel> {
         .map(|s| s.parse().map_err(|_| anyhow!("bad .npy shape `{shape}`")))
         .collect::<anyhow::Result<_>>()?;
     let &[h, w] = dims.as_slice() else {
-        bail!("the array has {} dimensions ({dims:?}); a kernel has 2", dims.len())
+        bail!(
+            "the array has {} dimensions ({dims:?}); a kernel has 2",
+            dims.len()
+        )
     };
     let (size, big) = match descr {
         "<f8" | "=f8" => (8, false),
@@ -273,7 +279,11 @@ pub fn parse_text(text: &str) -> anyhow::Result<Kernel> {
     }
     let w = rows[0].len();
     if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != w) {
-        bail!("row {} has {} values, the first row has {w}", i + 1, r.len())
+        bail!(
+            "row {} has {} values, the first row has {w}",
+            i + 1,
+            r.len()
+        )
     }
     Kernel::new(h, w, rows.concat())
 }
@@ -283,7 +293,11 @@ fn from_image(path: &Path) -> anyhow::Result<Kernel> {
     if pic.channels != 1 {
         bail!("a PSF image must be grayscale")
     }
-    Kernel::new(pic.height, pic.width, pic.color.iter().map(|v| *v as f64).collect())
+    Kernel::new(
+        pic.height,
+        pic.width,
+        pic.color.iter().map(|v| *v as f64).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -320,11 +334,20 @@ mod tests {
         let k = parse_npy(&npy("<f4", true, "(2, 3)", &cm)).unwrap();
         assert_eq!(k.data, vals);
         let e = parse_npy(&npy("<i8", false, "(2, 3)", &le)).unwrap_err();
-        assert_eq!(e.to_string(), "the array's dtype is <i8; a kernel must be float32 or float64");
+        assert_eq!(
+            e.to_string(),
+            "the array's dtype is <i8; a kernel must be float32 or float64"
+        );
         let e = parse_npy(&npy("<f8", false, "(1, 2, 3)", &le)).unwrap_err();
-        assert_eq!(e.to_string(), "the array has 3 dimensions ([1, 2, 3]); a kernel has 2");
+        assert_eq!(
+            e.to_string(),
+            "the array has 3 dimensions ([1, 2, 3]); a kernel has 2"
+        );
         let e = parse_npy(&npy("<f8", false, "(2, 3)", &le[..40])).unwrap_err();
-        assert_eq!(e.to_string(), "the array data is 40 bytes, its shape 2x3 needs 48");
+        assert_eq!(
+            e.to_string(),
+            "the array data is 40 bytes, its shape 2x3 needs 48"
+        );
         assert!(parse_npy(b"hello").is_err());
     }
 
@@ -333,8 +356,14 @@ mod tests {
         let k = parse_text("# psf\n1, 2 ,3\n4\t5 6\n\n").unwrap();
         assert_eq!((k.height, k.width), (2, 3));
         assert_eq!(k.data, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(parse_text("1 2\n3").unwrap_err().to_string(), "row 2 has 1 values, the first row has 2");
-        assert_eq!(parse_text("1 x").unwrap_err().to_string(), "line 1: `x` is not a number");
+        assert_eq!(
+            parse_text("1 2\n3").unwrap_err().to_string(),
+            "row 2 has 1 values, the first row has 2"
+        );
+        assert_eq!(
+            parse_text("1 x").unwrap_err().to_string(),
+            "line 1: `x` is not a number"
+        );
     }
 
     #[test]
@@ -346,14 +375,39 @@ mod tests {
         assert_eq!(m.data[3 * 7 + 4], 0.5);
         assert_eq!(m.data.iter().sum::<f64>(), 1.0);
         assert_eq!(k.flipped().data[3], 2.0);
-        let bad = |d: Vec<f64>| Kernel::new(1, d.len(), d).unwrap().normalised().unwrap_err().to_string();
-        assert_eq!(bad(vec![1.0, f64::NAN]), "the kernel holds a non-finite value (NaN)");
-        assert_eq!(bad(vec![1.0, f64::INFINITY]), "the kernel holds a non-finite value (inf)");
-        assert_eq!(bad(vec![0.0, 0.0]), "the kernel sums to 0; it must sum to more than 0");
+        let bad = |d: Vec<f64>| {
+            Kernel::new(1, d.len(), d)
+                .unwrap()
+                .normalised()
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            bad(vec![1.0, f64::NAN]),
+            "the kernel holds a non-finite value (NaN)"
+        );
+        assert_eq!(
+            bad(vec![1.0, f64::INFINITY]),
+            "the kernel holds a non-finite value (inf)"
+        );
+        assert_eq!(
+            bad(vec![0.0, 0.0]),
+            "the kernel sums to 0; it must sum to more than 0"
+        );
         assert!(bad(vec![1.0, -0.5]).starts_with("the kernel holds a negative value (-0.5)"));
-        let e = Kernel::new(8, 8, vec![1.0; 64]).unwrap().for_model().unwrap_err().to_string();
-        assert!(e.starts_with("the kernel is 8x8; the model takes 7x7"), "{e}");
-        assert!(Kernel::new(9, 9, vec![1.0; 81]).unwrap().for_model().is_err());
+        let e = Kernel::new(8, 8, vec![1.0; 64])
+            .unwrap()
+            .for_model()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the kernel is 8x8; the model takes 7x7"),
+            "{e}"
+        );
+        assert!(Kernel::new(9, 9, vec![1.0; 81])
+            .unwrap()
+            .for_model()
+            .is_err());
     }
 
     #[test]
@@ -364,7 +418,10 @@ mod tests {
         let m = load("motion:5,0").unwrap();
         // A horizontal segment of 5 pixels through the centre row.
         let row: Vec<f64> = m.data[21..28].to_vec();
-        assert!(row[1..6].iter().all(|v| *v > 0.15) && row[0] == 0.0 && row[6] == 0.0, "{row:?}");
+        assert!(
+            row[1..6].iter().all(|v| *v > 0.15) && row[0] == 0.0 && row[6] == 0.0,
+            "{row:?}"
+        );
         assert!((m.data.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         let v = load("motion:3,90").unwrap();
         assert!(v.data[2 * 7 + 3] > 0.3 && v.data[4 * 7 + 3] > 0.3);

@@ -19,14 +19,16 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod image_io;
 pub mod kernel;
 pub mod models;
 pub mod nn;
-pub mod progress;
 pub mod ops;
+pub mod progress;
+pub mod restore;
 pub mod verify;
 pub mod weights;
 

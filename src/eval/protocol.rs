@@ -59,7 +59,10 @@ pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
             .filter(|p| {
-                let n = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                let n = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
                 EXTENSIONS.iter().any(|e| n.ends_with(e))
             })
             .collect();
@@ -107,7 +110,11 @@ pub fn to_single(img: &ImageU8) -> ImageF32 {
         height: img.height,
         width: img.width,
         channels: img.channels,
-        data: img.data.iter().map(|v| (*v as f64 / 255.0) as f32).collect(),
+        data: img
+            .data
+            .iter()
+            .map(|v| (*v as f64 / 255.0) as f32)
+            .collect(),
     }
 }
 

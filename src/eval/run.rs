@@ -126,7 +126,10 @@ fn score(name: &str, out: &ImageU8, clean: &ImageU8, border: usize, seconds: f64
     let (h, w, c) = (clean.height, clean.width, clean.channels);
     let (py, sy) = if c == 3 {
         let (a, b) = (rgb_to_y(&out.data), rgb_to_y(&clean.data));
-        (Some(psnr(&a, &b, h, w, 1, border)), Some(ssim(&a, &b, h, w, 1, border)))
+        (
+            Some(psnr(&a, &b, h, w, 1, border)),
+            Some(ssim(&a, &b, h, w, 1, border)),
+        )
     } else {
         (None, None)
     };
@@ -172,8 +175,14 @@ pub fn save_u8(img: &ImageU8, path: &Path) -> anyhow::Result<()> {
 pub fn table(run: &EvalRun) -> String {
     let mut s = String::new();
     let title = match (&run.kernel, run.with_kernel) {
-        (Some(k), Some(true)) => format!("{} on {}, kernel {k}, Converse-USRNet", run.task, run.dataset),
-        (Some(k), _) => format!("{} on {}, kernel {k}, ConverseNet (blind)", run.task, run.dataset),
+        (Some(k), Some(true)) => format!(
+            "{} on {}, kernel {k}, Converse-USRNet",
+            run.task, run.dataset
+        ),
+        (Some(k), _) => format!(
+            "{} on {}, kernel {k}, ConverseNet (blind)",
+            run.task, run.dataset
+        ),
         _ => match run.sigma {
             Some(sg) => format!("{} on {}, sigma {sg}", run.task, run.dataset),
             None => format!("{} on {}", run.task, run.dataset),
