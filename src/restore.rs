@@ -325,7 +325,7 @@ fn luma(rgb: &[f32], n: usize) -> Vec<f32> {
 
 fn flip_w(t: &Tensor) -> candle_core::Result<Tensor> {
     let w = t.dim(3)?;
-    let idx = Tensor::arange(0u32, w as u32, t.device())?.affine(-1.0, (w - 1) as f64)?;
+    let idx = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, t.device())?;
     t.contiguous()?.index_select(&idx, 3)
 }
 
