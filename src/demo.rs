@@ -109,6 +109,28 @@ fn panel(parts: &[&ImageU8]) -> ImageU8 {
     }
 }
 
+/// Panels one above the other, in colour, with 4 px white gutters.
+fn stack(rows: &[ImageU8]) -> ImageU8 {
+    let (w, gap) = (rows[0].width, 4);
+    let mut data = vec![];
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            data.extend(std::iter::repeat_n(255u8, gap * w * 3));
+        }
+        if r.channels == 3 {
+            data.extend(&r.data);
+        } else {
+            data.extend(r.data.iter().flat_map(|v| [*v; 3]));
+        }
+    }
+    ImageU8 {
+        height: data.len() / (w * 3),
+        width: w,
+        channels: 3,
+        data,
+    }
+}
+
 /// One demo result.
 #[derive(Debug, Clone)]
 pub struct DemoResult {
@@ -157,6 +179,7 @@ pub fn run(
         ),
     ];
     let mut results = vec![];
+    let mut rows = vec![];
     for (name, task, with_kernel, deg) in cases {
         let img = if deg.channels() == 1 {
             gray(&card)
@@ -175,7 +198,9 @@ pub fn run(
         let before = as_clean_size(&d.input, task.scale());
         let (h, w, c) = (d.clean.height, d.clean.width, d.clean.channels);
         let file = out_dir.join(format!("{name}.png"));
-        save_u8(&panel(&[&before, &out, &d.clean]), &file)?;
+        let p = panel(&[&before, &out, &d.clean]);
+        save_u8(&p, &file)?;
+        rows.push(p);
         let r = DemoResult {
             name: name.to_owned(),
             psnr_before: psnr(&before.data, &d.clean.data, h, w, c, deg.border()),
@@ -185,5 +210,6 @@ pub fn run(
         report(&r);
         results.push(r);
     }
+    save_u8(&stack(&rows), &out_dir.join("overview.png"))?;
     Ok(results)
 }

@@ -21,6 +21,7 @@
 
 pub mod demo;
 pub mod device;
+pub mod download;
 pub mod eval;
 pub mod image_io;
 pub mod kernel;

@@ -3,12 +3,15 @@
 //! Each folder may hold the official checkpoint under its released name (`converse_dncnn.pth`)
 //! or a converted `converse_dncnn.safetensors`. A `.pth` is converted on first use and the result
 //! cached as `<cache>/<id>-<sha256 prefix>.safetensors`, so a changed source is converted again.
+//! When nothing is found, the official checkpoint is downloaded into the cache folder
+//! ([`crate::download`]) unless `$CONVERSE_NO_DOWNLOAD` is set.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device};
 
+use crate::download;
 use crate::models::{Model, ModelKind};
 
 /// Environment variable naming a weights folder.
@@ -28,12 +31,15 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 pub struct WeightsLocator {
     /// Folders to search, each with how it was named (for error messages).
     pub dirs: Vec<(PathBuf, String)>,
-    /// Where converted `.pth` files are cached.
+    /// Where converted `.pth` files are cached, and downloaded ones saved.
     pub cache: Option<PathBuf>,
+    /// Whether to download the official checkpoint into `cache` when nothing is found.
+    pub download: bool,
 }
 
 impl WeightsLocator {
-    /// The standard search: `cli_dir`, `$CONVERSE_WEIGHTS`, the cache folder.
+    /// The standard search: `cli_dir`, `$CONVERSE_WEIGHTS`, the cache folder; downloading unless
+    /// `$CONVERSE_NO_DOWNLOAD` is set to a non-empty value.
     pub fn new(cli_dir: Option<&Path>) -> Self {
         let mut dirs = vec![];
         if let Some(d) = cli_dir {
@@ -46,10 +52,16 @@ impl WeightsLocator {
         if let Some(c) = &cache {
             dirs.push((c.clone(), "cache".to_owned()));
         }
-        Self { dirs, cache }
+        let download = std::env::var_os(download::ENV_NO_DOWNLOAD).is_none_or(|v| v.is_empty());
+        Self {
+            dirs,
+            cache,
+            download,
+        }
     }
 
-    /// Loads `kind`, converting and caching a `.pth` if that is what is found.
+    /// Loads `kind`, converting and caching a `.pth` if that is what is found, and downloading
+    /// the official one when nothing is (and `download` is on).
     pub fn load(&self, kind: ModelKind, dtype: DType, dev: &Device) -> anyhow::Result<Model> {
         let st_name = format!("{}.safetensors", kind.id());
         let pth_name = format!("{}.pth", kind.id());
@@ -63,6 +75,21 @@ impl WeightsLocator {
                 return self.load_pth(kind, &pth, dtype, dev);
             }
         }
+        let download_note = if self.download {
+            let url = download::checkpoint_url(kind);
+            let fetched = match &self.cache {
+                Some(cache) => download::fetch(kind, &url, cache),
+                None => Err(anyhow!(
+                    "cannot download '{url}': no cache folder to save it in (set $XDG_CACHE_HOME)"
+                )),
+            };
+            match fetched {
+                Ok(pth) => return self.load_pth(kind, &pth, dtype, dev),
+                Err(e) => format!("\nThe download failed: {e:#}"),
+            }
+        } else {
+            String::new()
+        };
         let places: Vec<String> = self
             .dirs
             .iter()
@@ -76,7 +103,7 @@ impl WeightsLocator {
         bail!(
             "weights for {kind} not found: looked for {st_name} or {pth_name} in\n{}{env_note}\n\
              Get the official checkpoint from {} and put it in one of these folders, or pass its \
-             folder with --weights DIR.",
+             folder with --weights DIR.{download_note}",
             places.join("\n"),
             kind.url()
         )

@@ -381,6 +381,7 @@ fn locator_converts_once_and_names_every_place_it_looked() {
             (cache.clone(), "cache".into()),
         ],
         cache: Some(cache.clone()),
+        download: false,
     };
     let e = format!(
         "{:#}",

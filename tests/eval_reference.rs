@@ -33,11 +33,19 @@ fn check(reference: &Value, ours: &EvalRun) {
         println!("{label} {:<14} psnr {:.4} diff {d:+.2e}", o.name, o.psnr);
         assert!(d.abs() <= 0.01, "{label} {}: psnr off by {d}", o.name);
         if let (Some(rp), Some(op)) = (key(r, "psnr_y"), o.psnr_y) {
-            assert!((op - rp).abs() <= 0.01, "{label} {}: psnr_y {op} vs {rp}", o.name);
+            assert!(
+                (op - rp).abs() <= 0.01,
+                "{label} {}: psnr_y {op} vs {rp}",
+                o.name
+            );
         }
         if let Some(rs) = key(r, "ssim_y").or(key(r, "ssim")) {
             let os = o.ssim_y.unwrap_or(o.ssim);
-            assert!((os - rs).abs() <= 1e-3, "{label} {}: ssim {os} vs {rs}", o.name);
+            assert!(
+                (os - rs).abs() <= 1e-3,
+                "{label} {}: ssim {os} vs {rs}",
+                o.name
+            );
         }
     }
     let d = ours.mean_psnr - key(reference, "mean_psnr").unwrap();
@@ -53,10 +61,13 @@ fn run(shared: &Path, task: &str, with_kernel: Option<bool>) {
     let locator = WeightsLocator {
         dirs: vec![(shared.join("weights"), "--weights".into())],
         cache: Some(cache.path().to_owned()),
+        download: false,
     };
     let runs: Vec<Value> = reference(shared)
         .into_iter()
-        .filter(|r| r["task"] == task && r.get("with_kernel").and_then(Value::as_bool) == with_kernel)
+        .filter(|r| {
+            r["task"] == task && r.get("with_kernel").and_then(Value::as_bool) == with_kernel
+        })
         .collect();
     assert!(!runs.is_empty());
     let kind = match (task, with_kernel) {
@@ -106,24 +117,32 @@ fn run(shared: &Path, task: &str, with_kernel: Option<bool>) {
 
 #[test]
 fn denoise_set12_matches_the_official_numbers() {
-    let Some(shared) = common::shared() else { return };
+    let Some(shared) = common::shared() else {
+        return;
+    };
     run(&shared, "denoise", None);
 }
 
 #[test]
 fn sr_set5_set14_match_the_official_numbers() {
-    let Some(shared) = common::shared() else { return };
+    let Some(shared) = common::shared() else {
+        return;
+    };
     run(&shared, "sr", None);
 }
 
 #[test]
 fn blind_deblur_matches_the_official_numbers() {
-    let Some(shared) = common::shared() else { return };
+    let Some(shared) = common::shared() else {
+        return;
+    };
     run(&shared, "deblur", Some(false));
 }
 
 #[test]
 fn kernel_deblur_matches_the_official_numbers() {
-    let Some(shared) = common::shared() else { return };
+    let Some(shared) = common::shared() else {
+        return;
+    };
     run(&shared, "deblur", Some(true));
 }

@@ -10,6 +10,7 @@ fn verifier(shared: &std::path::Path, cache: &std::path::Path, dtype: DType) -> 
     let locator = WeightsLocator {
         dirs: vec![(shared.join("weights"), "--weights".into())],
         cache: Some(cache.to_owned()),
+        download: false,
     };
     Verifier::new(locator, Device::Cpu, dtype)
 }

@@ -26,9 +26,12 @@ pub fn shared() -> Option<PathBuf> {
 }
 
 /// The `converse` binary with a private cache folder and no weights from the environment.
+/// Downloads go to a closed local port (nothing listens on 9), so no test reaches the internet.
 pub fn converse(cache: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_converse"));
     c.env("XDG_CACHE_HOME", cache)
+        .env("CONVERSE_WEIGHTS_URL", "http://127.0.0.1:9/")
+        .env_remove("CONVERSE_NO_DOWNLOAD")
         .env_remove("CONVERSE_WEIGHTS")
         .env_remove("RUST_LIB_BACKTRACE");
     c

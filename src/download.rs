@@ -1,0 +1,130 @@
+//! Downloading an official checkpoint when no weights are found anywhere.
+//!
+//! The file comes from the official `model_zoo/` ([`ModelKind::url`]) or from
+//! `$CONVERSE_WEIGHTS_URL/<id>.pth`, is written to a temporary file in the destination folder,
+//! checked against the sha256 pinned in the source ([`ModelKind::sha256`]) and only then renamed
+//! to its released name. A failed or corrupt download leaves no file behind.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::models::ModelKind;
+
+/// Environment variable: a base URL to download checkpoints from instead of the official
+/// repository (`<base>/<id>.pth`).
+pub const ENV_URL: &str = "CONVERSE_WEIGHTS_URL";
+
+/// Environment variable: set to a non-empty value to never download.
+pub const ENV_NO_DOWNLOAD: &str = "CONVERSE_NO_DOWNLOAD";
+
+/// Longest wait to resolve and connect to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Longest wait for any single read: a stalled server fails instead of hanging.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest download accepted (the released checkpoints are a few MB).
+const MAX_BYTES: u64 = 1 << 30;
+
+/// Where `kind` is downloaded from: `$CONVERSE_WEIGHTS_URL/<id>.pth` when that is set, else the
+/// official [`ModelKind::url`].
+pub fn checkpoint_url(kind: ModelKind) -> String {
+    match std::env::var(ENV_URL).ok().filter(|v| !v.is_empty()) {
+        Some(base) => format!("{}/{}.pth", base.trim_end_matches('/'), kind.id()),
+        None => kind.url(),
+    }
+}
+
+/// Downloads `kind`'s checkpoint from `url` into `dir/<id>.pth` (creating `dir`), checks its
+/// sha256 and returns the path. On any error nothing is left in `dir`.
+pub fn fetch(kind: ModelKind, url: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the folder '{}'", dir.display()))?;
+    let name = format!("{}.pth", kind.id());
+    let dest = dir.join(&name);
+    let tmp = TempFile::new(dir, &name);
+    let got = download(url, &tmp.0, &name)?;
+    let expected = kind.sha256();
+    if got != expected {
+        bail!(
+            "the file downloaded from '{url}' is corrupt: expected sha256 {expected}, got {got}; \
+             it was deleted"
+        )
+    }
+    std::fs::rename(&tmp.0, &dest).with_context(|| {
+        format!(
+            "cannot rename '{}' to '{}'",
+            tmp.0.display(),
+            dest.display()
+        )
+    })?;
+    Ok(dest)
+}
+
+/// Streams `url` into `path`, with a progress bar labelled `label`, and returns its sha256.
+fn download(url: &str, path: &Path, label: &str) -> anyhow::Result<String> {
+    let mut config = ureq::Agent::config_builder()
+        .timeout_resolve(Some(CONNECT_TIMEOUT))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(READ_TIMEOUT));
+    // A local mirror is reached directly, whatever proxy the environment names.
+    let host = url.split("://").nth(1).unwrap_or("");
+    if ["127.", "localhost", "[::1]"].iter().any(|p| host.starts_with(p)) {
+        config = config.proxy(None);
+    }
+    let agent: ureq::Agent = config.build().into();
+    let response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::StatusCode(code) => {
+            anyhow!("cannot download '{url}': the server answered HTTP {code}")
+        }
+        e => anyhow!("cannot download '{url}': {e}"),
+    })?;
+    let body = response.into_body();
+    let total = body.content_length();
+    let mut reader = body.into_with_config().limit(MAX_BYTES).reader();
+    let mut file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create '{}'", path.display()))?;
+    let pb = crate::progress::bytes_bar(total, label.to_owned());
+    let mut buf = vec![0u8; 1 << 16];
+    let mut done: u64 = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
+                bail!("the download of '{url}' broke off after {done}{of} bytes: {e}")
+            }
+        };
+        file.write_all(&buf[..n])
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
+        done += n as u64;
+        pb.inc(n as u64);
+    }
+    file.sync_all()
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
+    Ok(converse_convert::sha256_file(path)?)
+}
+
+/// A temporary file beside the destination, deleted when dropped unless renamed away.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(dir: &Path, name: &str) -> Self {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        Self(dir.join(format!(".{name}.{}-{n}.part", std::process::id())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // Gone already once renamed to the destination.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
