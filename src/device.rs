@@ -48,7 +48,12 @@ impl DeviceSpec {
                          cargo feature (cargo build --release --features cuda), or use --device cpu"
                     )
                 }
-                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("cannot open CUDA device {n}: {e}"))
+                Device::new_cuda(n)
+                    .map_err(|e| anyhow::anyhow!("cannot open CUDA device {n}: {e}"))?;
+                bail!(
+                    "CUDA device {n} is present, but the CUDA backend of converse's FFT op is not \
+                     written yet: use --device cpu"
+                )
             }
         }
     }

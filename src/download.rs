@@ -73,7 +73,10 @@ fn download(url: &str, path: &Path, label: &str) -> anyhow::Result<String> {
         .timeout_per_read(Some(READ_TIMEOUT));
     // A local mirror is reached directly, whatever proxy the environment names.
     let host = url.split("://").nth(1).unwrap_or("");
-    if ["127.", "localhost", "[::1]"].iter().any(|p| host.starts_with(p)) {
+    if ["127.", "localhost", "[::1]"]
+        .iter()
+        .any(|p| host.starts_with(p))
+    {
         config = config.proxy(None);
     }
     let agent: ureq::Agent = config.build().into();

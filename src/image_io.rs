@@ -5,7 +5,7 @@
 //! limit before allocating them. Writing goes through a temporary file in the destination folder,
 //! then a rename.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
@@ -49,39 +49,49 @@ pub fn decode(path: &Path, max_pixels: u64) -> anyhow::Result<DynamicImage> {
     if meta.is_dir() {
         bail!("'{}' is a folder, not an image", path.display())
     }
-    let mut reader = ImageReader::open(path)
+    let reader = ImageReader::open(path)
         .with_context(|| format!("cannot read '{}'", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read '{}'", path.display()))?;
+    decode_reader(reader, max_pixels, " (raise it with --max-pixels)")
+        .with_context(|| format!("'{}'", path.display()))
+}
+
+/// [`decode`] from bytes in memory (the format is guessed from the content), for small images
+/// such as PSFs: the pixel limit is fixed.
+pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> anyhow::Result<DynamicImage> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    decode_reader(reader, max_pixels, "")
+}
+
+/// Decodes with the decoder's allocations capped; `hint` follows the pixel-limit error.
+fn decode_reader<R: BufRead + Seek>(
+    mut reader: ImageReader<R>,
+    max_pixels: u64,
+    hint: &str,
+) -> anyhow::Result<DynamicImage> {
     // The pixel limit is checked below; let the decoder allocate what that allows (RGBA, 16-bit).
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(limits);
     if reader.format().is_none() {
-        bail!(
-            "'{}' is not an image in a supported format (PNG, JPEG, BMP, TIFF, WebP)",
-            path.display()
-        )
+        bail!("not an image in a supported format (PNG, JPEG, BMP, TIFF, WebP)")
     }
     let mut decoder = reader
         .into_decoder()
-        .map_err(|e| anyhow!("'{}' is not a valid image: {e}", path.display()))?;
+        .map_err(|e| anyhow!("not a valid image: {e}"))?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
-        bail!("'{}' is empty ({w}x{h} pixels)", path.display())
+        bail!("the image is empty ({w}x{h} pixels)")
     }
     if u64::from(w) * u64::from(h) > max_pixels {
-        bail!(
-            "'{}' is {w}x{h} pixels, over the limit of {max_pixels} pixels (raise it with \
-             --max-pixels)",
-            path.display()
-        )
+        bail!("the image is {w}x{h} pixels, over the limit of {max_pixels} pixels{hint}")
     }
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| anyhow!("'{}' is not a valid image: {e}", path.display()))?;
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("not a valid image: {e}"))?;
     img.apply_orientation(orientation);
     Ok(img)
 }
@@ -268,6 +278,30 @@ pub fn temp_path(dest: &Path) -> PathBuf {
     dir.join(format!(".{name}.converse-{}.tmp", std::process::id()))
 }
 
+/// Removes the temporary files [`write`] left in `dir` from runs that are no longer running: a
+/// process killed by SIGKILL or Ctrl-C cannot clean up after itself. A file whose process still
+/// runs (Linux: `/proc/PID` exists) is left alone. Errors are ignored.
+pub fn remove_stale_temps(dir: &Path) {
+    let dir = Some(dir)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name.to_str().and_then(|n| {
+            let rest = n.strip_prefix('.')?.strip_suffix(".tmp")?;
+            rest.rsplit_once(".converse-")?.1.parse::<u32>().ok()
+        });
+        if pid
+            .is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Writes `pic` to `dest` in `format` (JPEG at `quality`), atomically.
 pub fn write(pic: &Picture, dest: &Path, format: Format, quality: u8) -> anyhow::Result<()> {
     let img = to_dynamic(pic, format);
@@ -315,6 +349,27 @@ mod tests {
         assert_eq!(quantize_u8(0.5), 128);
         assert_eq!(quantize_u8(2.5 / 255.0), 2);
         assert_eq!(quantize_u8(f32::NAN), 0);
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = temp_path(&dir.path().join("b.png"));
+        let names = [".a.png.converse-4294967295.tmp", "c.png", ".d.tmp"];
+        for n in names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        std::fs::write(&own, b"x").unwrap();
+        remove_stale_temps(dir.path());
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [own, dir.path().join(".d.tmp"), dir.path().join("c.png")]
+        );
     }
 
     #[test]

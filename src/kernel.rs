@@ -106,26 +106,23 @@ pub fn load(spec: &str) -> anyhow::Result<Kernel> {
     }
     if meta.len() > MAX_KERNEL_FILE_BYTES {
         bail!(
-            "kernel file '{spec}' is {} bytes, over the limit of {MAX_KERNEL_FILE_BYTES} bytes",
+            "kernel file '{spec}' is {} bytes, over the fixed limit of {MAX_KERNEL_FILE_BYTES} \
+             bytes for kernels (the model takes 7x7: crop the kernel to its support)",
             meta.len()
         )
     }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read '{spec}'"))?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase())
         .unwrap_or_default();
     let k = match ext.as_str() {
-        "npy" => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read '{spec}'"))?;
-            parse_npy(&bytes)
-        }
-        "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff" | "webp" => from_image(path),
-        _ => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read '{spec}'"))?;
-            let text = String::from_utf8(bytes).map_err(|_| anyhow!("not a text file"))?;
-            parse_text(&text)
-        }
+        "npy" => parse_npy(&bytes),
+        "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff" | "webp" => parse_image(&bytes),
+        _ => std::str::from_utf8(&bytes)
+            .map_err(|_| anyhow!("not a text file"))
+            .and_then(parse_text),
     };
     k.with_context(|| format!("kernel '{spec}'"))
 }
@@ -147,29 +144,21 @@ pub fn gaussian(sigma: f64) -> anyhow::Result<Kernel> {
 }
 
 /// A 7x7 linear motion blur: a segment of `length` pixels through the centre at `angle` degrees
-/// (counter-clockwise from the x axis), drawn with bilinear weights.
+/// (counter-clockwise from the x axis), each pixel weighted by the length of segment it holds.
 pub fn motion(length: f64, angle: f64) -> anyhow::Result<Kernel> {
     let n = MODEL_KERNEL_SIZE;
     if !(length.is_finite() && length > 0.0 && length <= n as f64) || !angle.is_finite() {
-        bail!(
-            "motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}"
-        )
+        bail!("motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}")
     }
     let c = (n / 2) as f64;
     let (dx, dy) = (angle.to_radians().cos(), -angle.to_radians().sin());
     let mut data = vec![0.0; n * n];
-    let steps = 256;
-    for s in 0..=steps {
-        let t = (s as f64 / steps as f64 - 0.5) * (length - 1.0);
-        let (x, y) = (c + t * dx, c + t * dy);
-        let (x0, y0) = (x.floor(), y.floor());
-        let (fx, fy) = (x - x0, y - y0);
-        for (yy, wy) in [(y0, 1.0 - fy), (y0 + 1.0, fy)] {
-            for (xx, wx) in [(x0, 1.0 - fx), (x0 + 1.0, fx)] {
-                if (0.0..n as f64).contains(&xx) && (0.0..n as f64).contains(&yy) {
-                    data[yy as usize * n + xx as usize] += wx * wy;
-                }
-            }
+    let steps = 4096;
+    for s in 0..steps {
+        let t = ((s as f64 + 0.5) / steps as f64 - 0.5) * length;
+        let (x, y) = ((c + t * dx).round(), (c + t * dy).round());
+        if (0.0..n as f64).contains(&x) && (0.0..n as f64).contains(&y) {
+            data[y as usize * n + x as usize] += 1.0;
         }
     }
     Kernel::new(n, n, data)?.normalised()
@@ -218,7 +207,8 @@ pub fn parse_npy(bytes: &[u8]) -> anyhow::Result<Kernel> {
         .collect::<anyhow::Result<_>>()?;
     let &[h, w] = dims.as_slice() else {
         bail!(
-            "the array has {} dimensions ({dims:?}); a kernel has 2",
+            "the array has {} dimensions ({dims:?}); a kernel has 2 (save a 2-D array, e.g. \
+             `np.save(f, k.squeeze())`)",
             dims.len()
         )
     };
@@ -231,11 +221,11 @@ pub fn parse_npy(bytes: &[u8]) -> anyhow::Result<Kernel> {
     };
     let n = h.checked_mul(w).ok_or_else(|| anyhow!("bad .npy shape"))?;
     let data = &bytes[start + header_len..];
-    if data.len() != n * size {
+    if Some(data.len()) != n.checked_mul(size) {
         bail!(
             "the array data is {} bytes, its shape {h}x{w} needs {}",
             data.len(),
-            n * size
+            n as u128 * size as u128
         )
     }
     let values: Vec<f64> = data
@@ -288,8 +278,10 @@ pub fn parse_text(text: &str) -> anyhow::Result<Kernel> {
     Kernel::new(h, w, rows.concat())
 }
 
-fn from_image(path: &Path) -> anyhow::Result<Kernel> {
-    let pic = crate::image_io::read(path, (MAX_KERNEL_FILE_BYTES).max(1 << 16))?;
+/// A grayscale image of the PSF (8 or 16 bit), from the file's bytes.
+pub fn parse_image(bytes: &[u8]) -> anyhow::Result<Kernel> {
+    let img = crate::image_io::decode_bytes(bytes, MAX_KERNEL_FILE_BYTES)?;
+    let pic = crate::image_io::to_picture(&img);
     if pic.channels != 1 {
         bail!("a PSF image must be grayscale")
     }
@@ -339,16 +331,21 @@ mod tests {
             "the array's dtype is <i8; a kernel must be float32 or float64"
         );
         let e = parse_npy(&npy("<f8", false, "(1, 2, 3)", &le)).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "the array has 3 dimensions ([1, 2, 3]); a kernel has 2"
-        );
+        assert!(e
+            .to_string()
+            .starts_with("the array has 3 dimensions ([1, 2, 3]); a kernel has 2"));
         let e = parse_npy(&npy("<f8", false, "(2, 3)", &le[..40])).unwrap_err();
         assert_eq!(
             e.to_string(),
             "the array data is 40 bytes, its shape 2x3 needs 48"
         );
         assert!(parse_npy(b"hello").is_err());
+        // A shape whose byte size overflows is refused, not wrapped (found by fuzzing).
+        let e = parse_npy(&npy("<f8", false, "(2305843009213693952, 1)", &[])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("the array data is 0 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `converse` command line.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -265,7 +266,7 @@ fn convert_one(input: &Path, output: &Path) -> anyhow::Result<()> {
         input,
         output,
         &ModelKind::specs(),
-        converse_convert::Limits::default(),
+        converse_convert::Limits::from_env()?,
     )?;
     println!(
         "{} -> {}: {} ({} parameters)",
@@ -586,6 +587,9 @@ fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(converse::restore::default_max_memory),
     };
     let restorer = Restorer::new(model, a.task, kernel.as_ref(), device, options)?;
+    // A run killed midway (SIGKILL, Ctrl-C) leaves its temporary file: remove those.
+    let out_dirs: BTreeSet<&Path> = jobs.iter().filter_map(|j| j.output.parent()).collect();
+    out_dirs.into_iter().for_each(image_io::remove_stale_temps);
     let bar = progress::bar(jobs.len() as u64, a.common.quiet);
     let (mut done, mut skipped, mut failed) = (0, 0, vec![]);
     for job in &jobs {

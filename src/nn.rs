@@ -1,10 +1,83 @@
 //! Layers shared by the ConverseNet models (`LayerNorm`, 1x1 convolutions and `ConverseBlock` of
 //! the official `models/util_converse.py`).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::ops::cpu;
 use crate::ops::{Converse2d, Converse2dConfig};
+
+/// Whether `x` runs on the f32 CPU fast path.
+pub(crate) fn fast(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// One image's feature maps on the CPU fast path: `(c, h, w)` f32, contiguous.
+#[derive(Debug)]
+pub(crate) struct Planes {
+    pub(crate) data: Vec<f32>,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+}
+
+impl Planes {
+    /// From a `(C, H, W)` f32 CPU tensor.
+    pub(crate) fn from_tensor(x: &Tensor) -> Result<Self> {
+        let (c, h, w) = x.dims3()?;
+        let data = x.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self { data, c, h, w })
+    }
+
+    /// As a `(1, C, H, W)` tensor.
+    pub(crate) fn into_tensor(self) -> Result<Tensor> {
+        let dev = candle_core::Device::Cpu;
+        Tensor::from_vec(self.data, (1, self.c, self.h, self.w), &dev)
+    }
+
+    pub(crate) fn pixels(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// Runs `f(n, image)` on each image of `x` `(N, C, H, W)` on the fast path and stacks the
+/// results.
+pub(crate) fn per_image(
+    x: &Tensor,
+    mut f: impl FnMut(usize, Planes) -> Result<Planes>,
+) -> Result<Tensor> {
+    let outs = (0..x.dim(0)?)
+        .map(|n| f(n, Planes::from_tensor(&x.get(n)?)?)?.into_tensor())
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 0)
+}
+
+/// Buffers the blocks of one forward pass share: the normalised input `(c, n)` and the hidden
+/// maps `(2c + 1, n)`, whose last row is ones (it carries the reducing 1x1's bias).
+#[derive(Debug, Default)]
+pub(crate) struct Workspace {
+    norm: Vec<f32>,
+    hidden: Vec<f32>,
+    shape: (usize, usize),
+}
+
+impl Workspace {
+    fn get(&mut self, c: usize, n: usize) -> (&mut [f32], &mut [f32]) {
+        if self.shape != (c, n) {
+            // Free the old buffers before allocating the new ones.
+            (self.norm, self.hidden) = (Vec::new(), Vec::new());
+            self.norm = vec![0.0; c * n];
+            self.hidden = vec![0.0; (2 * c + 1) * n];
+            self.hidden[2 * c * n..].fill(1.0);
+            self.shape = (c, n);
+        }
+        (&mut self.norm, &mut self.hidden)
+    }
+}
+
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
 
 /// Channels-first LayerNorm over dim 1 of `(N, C, H, W)` (`LayerNorm(data_format="channels_first")`).
 #[derive(Debug, Clone)]
@@ -52,6 +125,28 @@ impl Pointwise {
     }
 }
 
+impl Pointwise {
+    /// The fast path: `(cin, n)` planes to `(cout, n)`, then GELU if `act`.
+    pub(crate) fn forward_planes(&self, x: &Planes, act: bool) -> Result<Planes> {
+        let (cout, cin) = self.weight.dims2()?;
+        let n = x.pixels();
+        let mut data = vec![0.0; cout * n];
+        let w = self.weight.flatten_all()?.to_vec1::<f32>()?;
+        cpu::matmul(&mut data, &w, &x.data, (cout, cin, n));
+        let b = match &self.bias {
+            Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; cout],
+        };
+        cpu::bias_act(&mut data, &b, n, act);
+        Ok(Planes {
+            data,
+            c: cout,
+            h: x.h,
+            w: x.w,
+        })
+    }
+}
+
 impl Module for Pointwise {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
@@ -76,6 +171,78 @@ pub struct ConverseBlock {
     expand2: Pointwise,
     reduce2: Pointwise,
     alphas: Option<(Tensor, Tensor)>,
+    fast: Option<FastBlock>,
+}
+
+/// A `ConverseBlock`'s 1x1 weights for the f32 CPU path, folded in f64: each LayerNorm's affine
+/// into the expanding 1x1 after it, each `alpha` into the reducing 1x1, whose bias becomes an
+/// extra weight column (applied to the ones row of [`Workspace`]'s hidden maps).
+#[derive(Debug)]
+struct FastBlock {
+    branches: [FastBranch; 2],
+}
+
+#[derive(Debug)]
+struct FastBranch {
+    /// `(2c, c)` and `(2c)`.
+    expand: (Vec<f32>, Vec<f32>),
+    /// `(c, 2c + 1)`.
+    reduce: Vec<f32>,
+}
+
+impl FastBranch {
+    fn new(ln: &LayerNorm2d, e: &Pointwise, r: &Pointwise, alpha: Option<&Tensor>) -> Result<Self> {
+        let (c2, c) = e.weight.dims2()?;
+        let (lw, lb) = (values(&ln.weight)?, values(&ln.bias)?);
+        let (ew, rw) = (values(&e.weight)?, values(&r.weight)?);
+        let eb = match &e.bias {
+            Some(b) => values(b)?,
+            None => vec![0.0; c2],
+        };
+        let rb = match &r.bias {
+            Some(b) => values(b)?,
+            None => vec![0.0; c],
+        };
+        let alpha = match alpha {
+            Some(a) => values(a)?,
+            None => vec![1.0; c],
+        };
+        let mut expand = (Vec::with_capacity(c2 * c), Vec::with_capacity(c2));
+        for o in 0..c2 {
+            let row = &ew[o * c..(o + 1) * c];
+            expand
+                .0
+                .extend(row.iter().zip(&lw).map(|(w, s)| (w * s) as f32));
+            let shift: f64 = row.iter().zip(&lb).map(|(w, b)| w * b).sum();
+            expand.1.push((eb[o] + shift) as f32);
+        }
+        let mut reduce = Vec::with_capacity(c * (c2 + 1));
+        for o in 0..c {
+            let row = &rw[o * c2..(o + 1) * c2];
+            reduce.extend(row.iter().map(|w| (w * alpha[o]) as f32));
+            reduce.push((rb[o] * alpha[o]) as f32);
+        }
+        Ok(Self { expand, reduce })
+    }
+
+    /// `x += reduce(gelu(expand(norm(x))))`, with `mid` (the Converse2D and its GELU) run on
+    /// the hidden maps in between.
+    fn forward(
+        &self,
+        x: &mut Planes,
+        ws: &mut Workspace,
+        mid: impl FnOnce(&mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let (c, n) = (x.c, x.pixels());
+        let (norm, hidden) = ws.get(c, n);
+        cpu::layer_norm(&x.data, norm, c, n, 1e-5);
+        let h = &mut hidden[..2 * c * n];
+        cpu::matmul(h, &self.expand.0, norm, (2 * c, c, n));
+        cpu::bias_gelu(h, &self.expand.1, n);
+        mid(h)?;
+        cpu::matmul_acc(&mut x.data, &self.reduce, hidden, (c, 2 * c + 1, n));
+        Ok(())
+    }
 }
 
 impl ConverseBlock {
@@ -97,7 +264,7 @@ impl ConverseBlock {
         } else {
             None
         };
-        Ok(Self {
+        let mut block = Self {
             ln1: LayerNorm2d::new(channels, 1e-5, b1.pp(0))?,
             expand1: Pointwise::new(channels, c2, true, b1.pp(1))?,
             converse: Converse2d::new(c2, converse, b1.pp(3))?,
@@ -106,12 +273,49 @@ impl ConverseBlock {
             expand2: Pointwise::new(channels, c2, true, b2.pp(1))?,
             reduce2: Pointwise::new(c2, channels, true, b2.pp(3))?,
             alphas,
-        })
+            fast: None,
+        };
+        if fast(&block.ln1.weight) && converse.scale == 1 {
+            let (a1, a2) = match &block.alphas {
+                Some((a1, a2)) => (Some(a1), Some(a2)),
+                None => (None, None),
+            };
+            block.fast = Some(FastBlock {
+                branches: [
+                    FastBranch::new(&block.ln1, &block.expand1, &block.reduce1, a1)?,
+                    FastBranch::new(&block.ln2, &block.expand2, &block.reduce2, a2)?,
+                ],
+            });
+        }
+        Ok(block)
+    }
+
+    /// Whether [`Self::forward_planes`] can run (the block was built in f32 on the CPU).
+    pub(crate) fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The fast path, in place on one image's planes.
+    pub(crate) fn forward_planes(&self, x: &mut Planes, ws: &mut Workspace) -> Result<()> {
+        let Some(fast) = &self.fast else {
+            candle_core::bail!("ConverseBlock: no fast path (built in f64 or off the CPU)")
+        };
+        let hw = (x.h, x.w);
+        let [b1, b2] = &fast.branches;
+        b1.forward(x, ws, |h| self.converse.solve_planes(h, hw, true))?;
+        b2.forward(x, ws, |_| Ok(()))
     }
 }
 
 impl Module for ConverseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.is_fast() && fast(x) {
+            let mut ws = Workspace::default();
+            return per_image(x, |_, mut p| {
+                self.forward_planes(&mut p, &mut ws)?;
+                Ok(p)
+            });
+        }
         let h = self.expand1.forward(&self.ln1.forward(x)?)?.gelu_erf()?;
         let h = self.converse.forward(&h)?.gelu_erf()?;
         let h = self.reduce1.forward(&h)?;

@@ -258,7 +258,7 @@ impl Restorer {
         for &r in &rows {
             for &q in &cols {
                 let (th, tw) = (tile.min(h - r), tile.min(w - q));
-                let y = self.forward(&x.narrow(2, r, th)?.narrow(3, q, tw)?)?;
+                let y = self.forward(&x.narrow(2, r, th)?.narrow(3, q, tw)?.contiguous()?)?;
                 let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 // Ramps only on sides that have a neighbour.
                 let ramp_h = ramp(th * s, overlap * s, r > 0, r + th < h);

@@ -109,7 +109,8 @@ impl WeightsLocator {
         )
     }
 
-    /// Converts `pth` (through the cache when it can be written) and loads it.
+    /// Converts `pth` (through the cache when it can be written) and loads it. It must be the
+    /// released checkpoint (its sha256 is checked); other weights are taken as `.safetensors`.
     pub fn load_pth(
         &self,
         kind: ModelKind,
@@ -128,13 +129,23 @@ impl WeightsLocator {
         let (info, bytes) = converse_convert::convert_to_bytes(
             pth,
             &ModelKind::specs(),
-            converse_convert::Limits::default(),
+            converse_convert::Limits::from_env()?,
         )?;
         if info.model != kind.id() {
             bail!(
                 "'{}' holds {} weights, not {kind}",
                 pth.display(),
                 info.model
+            )
+        }
+        if sha != kind.sha256() {
+            bail!(
+                "'{}' is not the released checkpoint (sha256 {sha}, the release's is {}): it may \
+                 be corrupt. To use other {kind} weights, convert them to '{}.safetensors' beside \
+                 it (converse convert)",
+                pth.display(),
+                kind.sha256(),
+                kind.id()
             )
         }
         if let Some(c) = &cached {

@@ -71,6 +71,30 @@ impl Default for Limits {
     }
 }
 
+/// Environment variable raising [`Limits::max_tensors`] (see [`Limits::from_env`]).
+pub const ENV_MAX_TENSORS: &str = "CONVERSE_MAX_CHECKPOINT_TENSORS";
+/// Environment variable raising [`Limits::max_total_bytes`] (see [`Limits::from_env`]).
+pub const ENV_MAX_BYTES: &str = "CONVERSE_MAX_CHECKPOINT_BYTES";
+
+impl Limits {
+    /// The defaults, replaced by `$CONVERSE_MAX_CHECKPOINT_TENSORS` and
+    /// `$CONVERSE_MAX_CHECKPOINT_BYTES` when those are set.
+    pub fn from_env() -> Result<Self> {
+        let var = |var: &str, default: u64| match std::env::var(var) {
+            Err(_) => Ok(default),
+            Ok(value) => value.trim().parse().map_err(|_| Error::BadLimit {
+                var: var.to_owned(),
+                value,
+            }),
+        };
+        let d = Self::default();
+        Ok(Self {
+            max_tensors: var(ENV_MAX_TENSORS, d.max_tensors as u64)? as usize,
+            max_total_bytes: var(ENV_MAX_BYTES, d.max_total_bytes)?,
+        })
+    }
+}
+
 /// A problem found when checking a state dict against a [`ModelSpec`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mismatch {
@@ -134,6 +158,8 @@ pub enum Error {
     NotACheckpoint { path: PathBuf, reason: String },
     #[error("'{path}' exceeds a limit: {reason}")]
     Limit { path: PathBuf, reason: String },
+    #[error("${var} must be a whole number, got `{value}`")]
+    BadLimit { var: String, value: String },
     #[error("'{path}' is not one of the known models ({known}); its first tensors are: {sample}")]
     Unrecognised {
         path: PathBuf,
@@ -230,6 +256,7 @@ pub fn read_pth(path: &Path, limits: Limits) -> Result<StateDict> {
             "not a zip archive (torch.save's format since PyTorch 1.6)".into(),
         ));
     }
+    check_pickles(path, meta.len()).map_err(not_ckpt)?;
     let pth = no_panic(|| candle_core::pickle::PthTensors::new(path, None)).map_err(not_ckpt)?;
     let infos = pth.tensor_infos();
     if infos.is_empty() {
@@ -239,29 +266,46 @@ pub fn read_pth(path: &Path, limits: Limits) -> Result<StateDict> {
         return Err(Error::Limit {
             path: path.to_owned(),
             reason: format!(
-                "{} tensors, more than the limit of {}",
+                "{} tensors, more than the limit of {} (raise it with ${ENV_MAX_TENSORS})",
                 infos.len(),
                 limits.max_tensors
             ),
         });
     }
+    // Checked before reading any tensor: the reader allocates what the shape says.
     let mut total: u64 = 0;
     for (name, info) in infos {
-        let elems = info.layout.shape().elem_count() as u64;
-        let needed = info.layout.start_offset() as u64 / info.dtype.size_in_bytes() as u64 + elems;
-        if elems > 0 && needed > info.storage_size as u64 {
+        let dims = info.layout.dims();
+        let size = info.dtype.size_in_bytes() as u64;
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| not_ckpt(format!("tensor `{name}` has an impossible shape {dims:?}")))?;
+        if elems == 0 {
+            continue;
+        }
+        let needed = (info.layout.start_offset() as u64 / size).saturating_add(elems);
+        if needed > info.storage_size as u64 {
             return Err(not_ckpt(format!(
                 "tensor `{name}` needs {needed} elements but its storage holds {}",
                 info.storage_size
             )));
         }
-        total = total.saturating_add(elems.saturating_mul(info.dtype.size_in_bytes() as u64));
+        if needed.saturating_mul(size) > meta.len() {
+            return Err(not_ckpt(format!(
+                "tensor `{name}` needs {} bytes, more than the whole file ({} bytes)",
+                needed.saturating_mul(size),
+                meta.len()
+            )));
+        }
+        total = total.saturating_add(elems * size);
     }
     if total > limits.max_total_bytes {
         return Err(Error::Limit {
             path: path.to_owned(),
             reason: format!(
-                "{total} bytes of tensors, more than the limit of {} bytes",
+                "{total} bytes of tensors, more than the limit of {} bytes (raise it with \
+                 ${ENV_MAX_BYTES})",
                 limits.max_total_bytes
             ),
         });
@@ -274,6 +318,149 @@ pub fn read_pth(path: &Path, limits: Limits) -> Result<StateDict> {
         tensors.insert(name.clone(), t);
     }
     Ok(StateDict { tensors, sha256 })
+}
+
+/// Runs [`check_pickle`] on every pickle in the zip at `path` (`len` bytes) that the reader will
+/// interpret; what cannot be read is left for the reader to report.
+fn check_pickles(path: &Path, len: u64) -> std::result::Result<(), String> {
+    let file = std::fs::File::open(path).map(std::io::BufReader::new);
+    let Some(mut zip) = file.ok().and_then(|f| zip::ZipArchive::new(f).ok()) else {
+        return Ok(());
+    };
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok())
+        .filter(|n| n.ends_with("data.pkl"))
+        .map(|n| n.into_owned())
+        .collect();
+    for name in names {
+        let mut pickle = vec![];
+        if let Ok(f) = zip.by_name(&name) {
+            if f.take(len).read_to_end(&mut pickle).is_ok() {
+                check_pickle(&pickle)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Walks a pickle as candle's interpreter will, tracking only the size of each object, and
+/// refuses one that would make the interpreter allocate far beyond its own size: a string
+/// longer than the data left, or memo copies that multiply (the interpreter copies deeply on
+/// every memo put and get: a few hundred bytes can ask for terabytes). Stops quietly where the
+/// interpreter would stop with an error of its own.
+fn check_pickle(p: &[u8]) -> std::result::Result<(), String> {
+    fn take<'a>(p: &'a [u8], at: &mut usize, n: usize) -> Option<&'a [u8]> {
+        let s = p.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(s)
+    }
+    fn uint(b: &[u8]) -> u64 {
+        b.iter().rev().fold(0, |v, &x| v << 8 | x as u64)
+    }
+    // Object sizes (in nodes and string bytes) on the stack; `None` is a mark.
+    let mut stack: Vec<Option<u64>> = vec![];
+    let mut memo: HashMap<u64, u64> = HashMap::new();
+    let (budget, mut copied) = ((p.len() as u64).saturating_mul(16) + (1 << 20), 0u64);
+    let mut at = 0;
+    let pop_to_mark = |stack: &mut Vec<Option<u64>>| -> Option<u64> {
+        let mark = stack.iter().rposition(|s| s.is_none())?;
+        let sum = stack[mark + 1..]
+            .iter()
+            .flatten()
+            .fold(0u64, |a, &b| a.saturating_add(b));
+        stack.truncate(mark);
+        Some(sum)
+    };
+    let pop = |stack: &mut Vec<Option<u64>>, n: usize| -> Option<u64> {
+        let start = stack.len().checked_sub(n)?;
+        let sum = stack.drain(start..).map(|s| s.unwrap_or(1)).sum::<u64>();
+        Some(sum)
+    };
+    while let Some(&[op]) = take(p, &mut at, 1) {
+        let size = match op {
+            0x80 | b'K' => take(p, &mut at, 1).map(|_| 1),
+            b'M' => take(p, &mut at, 2).map(|_| 1),
+            b'J' => take(p, &mut at, 4).map(|_| 1),
+            b'G' => take(p, &mut at, 8).map(|_| 1),
+            0x8a => take(p, &mut at, 1)
+                .and_then(|n| take(p, &mut at, n[0] as usize))
+                .map(|_| 1),
+            b'c' => {
+                let line = |at: &mut usize| {
+                    let n = p[*at..]
+                        .iter()
+                        .position(|&c| c == b'\n')
+                        .map_or(p.len() - *at, |n| n + 1);
+                    *at += n;
+                    n as u64
+                };
+                Some(1 + line(&mut at) + line(&mut at))
+            }
+            b'X' => {
+                let Some(n) = take(p, &mut at, 4).map(uint) else {
+                    return Ok(());
+                };
+                if n > (p.len() - at) as u64 {
+                    return Err(format!(
+                        "the pickle holds a string of {n} bytes but only {} bytes follow",
+                        p.len() - at
+                    ));
+                }
+                take(p, &mut at, n as usize).map(|_| 1 + n)
+            }
+            b')' | b'}' | b']' | b'N' | 0x88 | 0x89 => Some(1),
+            b'(' => {
+                stack.push(None);
+                continue;
+            }
+            b'q' | b'r' | b'h' | b'j' => {
+                let width = if matches!(op, b'q' | b'h') { 1 } else { 4 };
+                let Some(id) = take(p, &mut at, width).map(uint) else {
+                    return Ok(());
+                };
+                let got = if op == b'q' || op == b'r' {
+                    stack.last().map(|s| s.unwrap_or(1)).map(|s| {
+                        memo.insert(id, s);
+                        s
+                    })
+                } else {
+                    memo.get(&id).copied()
+                };
+                let Some(got) = got else { return Ok(()) };
+                copied = copied.saturating_add(got);
+                if copied > budget {
+                    return Err(format!(
+                        "the pickle copies more than {budget} objects (a decompression bomb)"
+                    ));
+                }
+                if op == b'q' || op == b'r' {
+                    continue;
+                }
+                Some(got)
+            }
+            b't' | b'd' => pop_to_mark(&mut stack).map(|s| s + 1),
+            0x85..=0x87 => pop(&mut stack, (op - 0x84) as usize).map(|s| s + 1),
+            b'Q' => pop(&mut stack, 1).map(|s| s + 1),
+            b'R' | 0x81 | b'b' => pop(&mut stack, 2).map(|s| s + 1),
+            b's' | b'u' | b'a' | b'e' => {
+                let added = match op {
+                    b's' => pop(&mut stack, 2),
+                    b'a' => pop(&mut stack, 1),
+                    _ => pop_to_mark(&mut stack),
+                };
+                match (added, stack.last_mut()) {
+                    (Some(a), Some(Some(last))) => *last = last.saturating_add(a),
+                    _ => return Ok(()),
+                }
+                continue;
+            }
+            _ => return Ok(()),
+        };
+        let Some(size) = size else { return Ok(()) };
+        stack.push(Some(size));
+    }
+    Ok(())
 }
 
 /// Picks the spec whose parameter names best cover the state dict's.

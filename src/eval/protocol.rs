@@ -210,16 +210,8 @@ impl Degradation {
                 })
             }
             Self::Sr => {
-                let (data, h, w) = modcrop(&img.data, img.height, img.width, c, SR_SCALE);
-                if h == 0 || w == 0 {
-                    bail!("the image is smaller than {SR_SCALE}x{SR_SCALE}")
-                }
-                let clean = ImageU8 {
-                    height: h,
-                    width: w,
-                    channels: c,
-                    data,
-                };
+                let clean = cropped(img, SR_SCALE)?;
+                let (h, w) = (clean.height, clean.width);
                 let hr = to_single(&clean);
                 let (lr, lh, lw) = imresize::imresize(&hr.data, h, w, c, 1.0 / SR_SCALE as f64);
                 Ok(Degraded {
@@ -233,16 +225,8 @@ impl Degradation {
                 })
             }
             Self::Deblur { kernel, sigma } => {
-                let (data, h, w) = modcrop(&img.data, img.height, img.width, c, 8);
-                if h == 0 || w == 0 {
-                    bail!("the image is smaller than 8x8")
-                }
-                let clean = ImageU8 {
-                    height: h,
-                    width: w,
-                    channels: c,
-                    data,
-                };
+                let clean = cropped(img, 8)?;
+                let (h, w) = (clean.height, clean.width);
                 let blurred = ImageU8 {
                     data: blur::convolve_wrap_u8(
                         &clean.data,
@@ -261,6 +245,20 @@ impl Degradation {
             }
         }
     }
+}
+
+/// `modcrop(img, m)`, refusing images smaller than `m x m`.
+fn cropped(img: &ImageU8, m: usize) -> anyhow::Result<ImageU8> {
+    let (data, height, width) = modcrop(&img.data, img.height, img.width, img.channels, m);
+    if height == 0 || width == 0 {
+        bail!("the image is smaller than {m}x{m}")
+    }
+    Ok(ImageU8 {
+        height,
+        width,
+        channels: img.channels,
+        data,
+    })
 }
 
 #[cfg(test)]

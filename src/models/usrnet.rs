@@ -11,8 +11,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::conversenet::{self, BlockStack};
-use crate::nn::Pointwise;
-use crate::ops::converse2d::{lambda, solve};
+use crate::nn::{self, Pointwise, Workspace};
+use crate::ops::converse2d::{lambda, solve, solve_planes};
 use crate::ops::PaddingMode;
 
 /// Hyperparameters of `ConverseUSRNet`.
@@ -118,6 +118,31 @@ impl ConverseUSRNet {
             )
         }
         let maps = self.kernelnet.forward(&kernel.to_dtype(x.dtype())?)?;
+        if nn::fast(x) && self.p.is_fast() {
+            let ks = self
+                .convs
+                .iter()
+                .map(|conv| conv.forward(&maps))
+                .collect::<Result<Vec<_>>>()?;
+            let batched = maps.dim(0)? > 1;
+            return nn::per_image(x, |n, x| {
+                let mut h = self.conv1.forward_planes(&x, false)?;
+                let mut ws = Workspace::default();
+                let hw = (h.h, h.w);
+                for k in &ks {
+                    let k = if batched {
+                        k.narrow(0, n, 1)?
+                    } else {
+                        k.clone()
+                    };
+                    let (l, mode) = (&self.d_lambda, PaddingMode::Circular);
+                    solve_planes(&mut h.data, hw, &k, l, 0, mode, false)?;
+                    self.p.forward_planes(&mut h, &mut ws)?;
+                }
+                drop(ws);
+                self.conv2.forward_planes(&h, false)
+            });
+        }
         let mut h = self.conv1.forward(x)?;
         for conv in &self.convs {
             let k = conv.forward(&maps)?;

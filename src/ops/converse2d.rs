@@ -8,13 +8,16 @@
 //! call it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{DType, DeviceLocation, Module, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, DeviceLocation, Layout, Module, Result, Shape};
+use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::cpu::{self, Filter};
 use super::fft::{irfft2, rfft2, Spectrum};
-use super::pad::{pad2d, PaddingMode};
+use super::pad::{check_padding, pad2d, PaddingMode};
 
 /// Hyperparameters of one Converse2D layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,10 +52,29 @@ pub fn lambda(b: &Tensor, eps: f64) -> Result<Tensor> {
     candle_nn::ops::sigmoid(&(b - 9.0)?)? + eps
 }
 
-/// Caches a layer's transfer function per padded input size (the weights never change).
+/// Caches a layer's transfer function per padded input size (the weights never change): as
+/// tensors for the generic path, and as [`Filter`]s for the f32 CPU path. The filters share one
+/// process-wide byte budget ([`FILTER_CACHE_ENV`]); past it they are rebuilt on every call.
 #[derive(Debug, Default)]
 pub struct SpectrumCache {
     entries: Mutex<HashMap<(usize, usize, DType, DeviceLocation), Spectrum>>,
+    filters: Mutex<HashMap<(usize, usize), Arc<Filter>>>,
+}
+
+/// Environment variable: MiB that cached CPU filters may take in all (default 1024).
+pub const FILTER_CACHE_ENV: &str = "CONVERSE_FILTER_CACHE_MB";
+
+static FILTER_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+fn filter_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var(FILTER_CACHE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1024)
+            << 20
+    })
 }
 
 impl SpectrumCache {
@@ -63,11 +85,11 @@ impl SpectrumCache {
         key: (usize, usize, DType, DeviceLocation),
         make: impl FnOnce() -> Result<Spectrum>,
     ) -> Result<Spectrum> {
-        if let Some(s) = self.lock().get(&key) {
+        if let Some(s) = lock(&self.entries).get(&key) {
             return Ok(s.clone());
         }
         let s = make()?;
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         if entries.len() >= Self::MAX_ENTRIES {
             entries.clear();
         }
@@ -75,11 +97,37 @@ impl SpectrumCache {
         Ok(s)
     }
 
-    fn lock(
+    fn filter_or(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(usize, usize, DType, DeviceLocation), Spectrum>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        key: (usize, usize),
+        make: impl FnOnce() -> Result<Filter>,
+    ) -> Result<Arc<Filter>> {
+        if let Some(f) = lock(&self.filters).get(&key) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(make()?);
+        let bytes = f.bytes();
+        let fits = FILTER_BYTES
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + bytes <= filter_budget()).then_some(used + bytes)
+            })
+            .is_ok();
+        if fits {
+            lock(&self.filters).insert(key, f.clone());
+        }
+        Ok(f)
     }
+}
+
+impl Drop for SpectrumCache {
+    fn drop(&mut self) {
+        let bytes: usize = lock(&self.filters).values().map(|f| f.bytes()).sum();
+        FILTER_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Optical transfer function: the kernel zero-padded to `(h, w)`, rolled by `-floor(k/2)` so its
@@ -183,6 +231,17 @@ pub fn solve(
     if !(1..=8).contains(&scale) {
         candle_core::bail!("Converse2D: scale {scale} is not supported (1 to 8)")
     }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let (h, w) = (x.dim(2)?, x.dim(3)?);
+        let filter = filter(kernel, lam, (h, w), scale, padding, mode, cache)?;
+        return x.contiguous()?.apply_op1_no_bwd(&FusedSolve {
+            filter,
+            hw: (h, w),
+            scale,
+            padding,
+            mode,
+        });
+    }
     let xp = pad2d(x, padding, mode)?;
     let (_, _, hp, wp) = xp.dims4()?;
     let (hs, ws) = (hp * scale, wp * scale);
@@ -200,6 +259,80 @@ pub fn solve(
     let crop = padding * scale;
     out.narrow(2, crop, hs - 2 * crop)?
         .narrow(3, crop, ws - 2 * crop)
+}
+
+/// The transfer function for an `(h, w)` input, as a CPU [`Filter`], from `cache` if given.
+fn filter(
+    kernel: &Tensor,
+    lam: &Tensor,
+    (h, w): (usize, usize),
+    scale: usize,
+    padding: usize,
+    mode: PaddingMode,
+    cache: Option<&SpectrumCache>,
+) -> Result<Arc<Filter>> {
+    check_padding(mode, padding, h)?;
+    check_padding(mode, padding, w)?;
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    // In groups of channels, so the f64 temporaries stay small.
+    const GROUP: usize = 16;
+    let make = || {
+        let (kn, c) = (kernel.dim(0)?, kernel.dim(1)?);
+        let mut parts = vec![];
+        for n in 0..kn {
+            for c0 in (0..c).step_by(GROUP) {
+                let len = GROUP.min(c - c0);
+                let k = kernel.narrow(0, n, 1)?.narrow(1, c0, len)?;
+                // A mismatched `lam` goes through whole, for `transfer` to report it.
+                let l = match lam.dim(1)? == c {
+                    true => lam.narrow(1, c0, len)?,
+                    false => lam.clone(),
+                };
+                let g = transfer(&k, &l, hp, wp, scale)?;
+                let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f64>();
+                parts.push(Filter::new(
+                    &flat(&g.re)?,
+                    &flat(&g.im)?,
+                    hp * scale,
+                    wp * scale,
+                ));
+            }
+        }
+        Ok(Filter::concat(parts))
+    };
+    match cache {
+        Some(cache) => cache.filter_or((hp, wp), make),
+        None => make().map(Arc::new),
+    }
+}
+
+/// The solve of `(N, C, H, W)` f32 on the CPU, in one pass per plane
+/// ([`cpu::converse_solve_scaled`]).
+struct FusedSolve {
+    filter: Arc<Filter>,
+    hw: (usize, usize),
+    scale: usize,
+    padding: usize,
+    mode: PaddingMode,
+}
+
+impl CustomOp1 for FusedSolve {
+    fn name(&self) -> &'static str {
+        "converse2d-fused"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(d), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("converse2d-fused: needs contiguous f32")
+        };
+        let (n, c, h, w) = l.shape().dims4()?;
+        let sc = self.scale;
+        let mut out = vec![0f32; n * c * h * w * sc * sc];
+        let (x, f) = (&d[a..b], &self.filter);
+        let (p, mode) = (self.padding, self.mode);
+        cpu::converse_solve_scaled(x, &mut out, self.hw, sc, p, mode, f, false);
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h * sc, w * sc))))
+    }
 }
 
 fn index(it: impl Iterator<Item = usize>, dev: &candle_core::Device) -> Result<Tensor> {
@@ -297,6 +430,61 @@ impl Converse2d {
     pub fn config(&self) -> &Converse2dConfig {
         &self.config
     }
+
+    /// The CPU fast path at scale 1: solves `planes` `(N*C, h, w)` in place, then GELU if `act`.
+    pub(crate) fn solve_planes(
+        &self,
+        planes: &mut [f32],
+        hw: (usize, usize),
+        act: bool,
+    ) -> Result<()> {
+        let c = self.config;
+        if c.scale != 1 {
+            candle_core::bail!("Converse2D: the in-place solve is for scale 1")
+        }
+        let f = self.filter(hw)?;
+        cpu::converse_solve(planes, hw, c.padding, c.padding_mode, &f, act);
+        Ok(())
+    }
+
+    /// The CPU fast path at any scale: `input` `(N*C, h, w)` to `(N*C, s*h, s*w)`, then GELU if
+    /// `act`.
+    pub(crate) fn solve_scaled(
+        &self,
+        input: &[f32],
+        hw: (usize, usize),
+        act: bool,
+    ) -> Result<Vec<f32>> {
+        let c = self.config;
+        let f = self.filter(hw)?;
+        let mut out = vec![0f32; input.len() * c.scale * c.scale];
+        let (s, p, mode) = (c.scale, c.padding, c.padding_mode);
+        cpu::converse_solve_scaled(input, &mut out, hw, s, p, mode, &f, act);
+        Ok(out)
+    }
+
+    fn filter(&self, hw: (usize, usize)) -> Result<Arc<Filter>> {
+        let c = self.config;
+        let (w, l) = (&self.weight, &self.lambda);
+        let cache = Some(&self.cache);
+        filter(w, l, hw, c.scale, c.padding, c.padding_mode, cache)
+    }
+}
+
+/// [`solve`] at scale 1 on the CPU fast path, in place on `planes` `(N*C, h, w)`, then GELU if
+/// `act`. `kernel` `(1|N, C, k, k)` and `lam` `(1, C, 1, 1)` as in [`solve`]; no cache.
+pub(crate) fn solve_planes(
+    planes: &mut [f32],
+    hw: (usize, usize),
+    kernel: &Tensor,
+    lam: &Tensor,
+    padding: usize,
+    mode: PaddingMode,
+    act: bool,
+) -> Result<()> {
+    let f = filter(kernel, lam, hw, 1, padding, mode, None)?;
+    cpu::converse_solve(planes, hw, padding, mode, &f, act);
+    Ok(())
 }
 
 impl Module for Converse2d {

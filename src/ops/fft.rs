@@ -126,21 +126,21 @@ struct Irfft2 {
 }
 
 /// The plans for one `(H, W)` plane.
-struct Plans<T: FftNum> {
-    r2c: Arc<dyn RealToComplex<T>>,
-    c2r: Arc<dyn ComplexToReal<T>>,
-    fwd: Arc<dyn Fft<T>>,
-    inv: Arc<dyn Fft<T>>,
+pub(crate) struct Plans<T: FftNum> {
+    pub(crate) r2c: Arc<dyn RealToComplex<T>>,
+    pub(crate) c2r: Arc<dyn ComplexToReal<T>>,
+    pub(crate) fwd: Arc<dyn Fft<T>>,
+    pub(crate) inv: Arc<dyn Fft<T>>,
 }
 
-struct Planners<T: FftNum> {
+pub(crate) struct Planners<T: FftNum> {
     real: RealFftPlanner<T>,
     complex: FftPlanner<T>,
     cache: HashMap<(usize, usize), Arc<Plans<T>>>,
 }
 
 /// Float types the CPU backend handles.
-trait Float: FftNum {
+pub(crate) trait Float: FftNum {
     fn planners() -> &'static Mutex<Planners<Self>>;
 }
 
@@ -163,7 +163,7 @@ macro_rules! float_planners {
 float_planners!(f32);
 float_planners!(f64);
 
-fn plans<T: Float>(h: usize, w: usize) -> Arc<Plans<T>> {
+pub(crate) fn plans<T: Float>(h: usize, w: usize) -> Arc<Plans<T>> {
     let mut p = T::planners().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(plans) = p.cache.get(&(h, w)) {
         return plans.clone();
@@ -291,14 +291,6 @@ impl CustomOp1 for Rfft2 {
         Ok((out, Shape::from(out_dims)))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::fft_cuda::rfft2(s, l)
-    }
 }
 
 impl CustomOp1 for Irfft2 {
@@ -319,14 +311,6 @@ impl CustomOp1 for Irfft2 {
         Ok((out, Shape::from(out_dims)))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::fft_cuda::irfft2(s, l, self.width)
-    }
 }
 
 /// A plain O(N^2) DFT, obviously correct, for tests.

@@ -2,8 +2,10 @@
 //! upsampling.
 
 pub mod converse2d;
+pub(crate) mod cpu;
 pub mod fft;
 pub mod pad;
+pub mod profile;
 pub mod resize;
 
 pub use converse2d::{solve as converse2d_solve, Converse2d, Converse2dConfig};

@@ -32,7 +32,7 @@ impl PaddingMode {
     }
 
     /// Source index of padded position `i` (which may lie outside `0..n`); `None` for zeros.
-    fn source(self, i: isize, n: isize) -> Option<isize> {
+    pub(crate) fn source(self, i: isize, n: isize) -> Option<isize> {
         match self {
             Self::Circular => Some(i.rem_euclid(n)),
             Self::Replicate => Some(i.clamp(0, n - 1)),
@@ -69,6 +69,26 @@ impl FromStr for PaddingMode {
     }
 }
 
+/// Fails when `mode` cannot pad a dimension of `n` by `p`.
+pub(crate) fn check_padding(mode: PaddingMode, p: usize, n: usize) -> Result<()> {
+    let limit = match mode {
+        PaddingMode::Reflect => n.saturating_sub(1),
+        PaddingMode::Circular => n,
+        _ => usize::MAX,
+    };
+    if n == 0 || p > limit {
+        candle_core::bail!(
+            "{mode} padding of {p} needs a dimension larger than {} (got {n})",
+            if mode == PaddingMode::Reflect {
+                p
+            } else {
+                p - 1
+            }
+        )
+    }
+    Ok(())
+}
+
 /// Pads the last two dims of `x` by `p` on every side.
 pub fn pad2d(x: &Tensor, p: usize, mode: PaddingMode) -> Result<Tensor> {
     if p == 0 {
@@ -81,21 +101,7 @@ pub fn pad2d(x: &Tensor, p: usize, mode: PaddingMode) -> Result<Tensor> {
     let mut out = x.contiguous()?;
     for dim in [r - 2, r - 1] {
         let n = out.dim(dim)?;
-        let limit = match mode {
-            PaddingMode::Reflect => n.saturating_sub(1),
-            PaddingMode::Circular => n,
-            _ => usize::MAX,
-        };
-        if n == 0 || p > limit {
-            candle_core::bail!(
-                "{mode} padding of {p} needs a dimension larger than {} (got {n})",
-                if mode == PaddingMode::Reflect {
-                    p
-                } else {
-                    p - 1
-                }
-            )
-        }
+        check_padding(mode, p, n)?;
         out = if mode == PaddingMode::Zeros {
             out.pad_with_zeros(dim, p, p)?
         } else {

@@ -1,0 +1,84 @@
+//! Cumulative timers per op kind, for the benchmark's breakdown. Off by default; while off a
+//! timer costs one relaxed atomic load and no clock read.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// What a timed region does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// 1x1 convolutions (matrix products); work in flops.
+    Gemm,
+    /// The Converse2D solves (pad, FFT, filter, inverse FFT, crop); work in nominal FFT flops
+    /// `5 N log2 N` per real round trip of `N` points.
+    Fft,
+    /// LayerNorm, GELU and their fused passes; work in values written.
+    NormAct,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 3] = [Self::Gemm, Self::Fft, Self::NormAct];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gemm => "gemm",
+            Self::Fft => "fft",
+            Self::NormAct => "norm_act",
+        }
+    }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static NANOS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static WORK: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Turns the timers on or off.
+pub fn enable(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Zeroes all counters.
+pub fn reset() {
+    for c in NANOS.iter().chain(&WORK) {
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Seconds and work counted per kind since the last [`reset`], in [`OpKind::ALL`] order.
+pub fn snapshot() -> [(f64, f64); 3] {
+    OpKind::ALL.map(|k| {
+        let i = k as usize;
+        (
+            NANOS[i].load(Ordering::Relaxed) as f64 * 1e-9,
+            WORK[i].load(Ordering::Relaxed) as f64,
+        )
+    })
+}
+
+/// Times a region until dropped, adding `work` units to `kind`. Regions must not nest.
+pub struct Timer(Option<(OpKind, u64, Instant)>);
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let Some((k, work, t)) = self.0 {
+            NANOS[k as usize].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            WORK[k as usize].fetch_add(work, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts a [`Timer`] for `kind` (a no-op while the timers are off).
+#[inline]
+pub fn time(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
+    Timer(
+        ENABLED
+            .load(Ordering::Relaxed)
+            .then(|| (kind, work() as u64, Instant::now())),
+    )
+}
+
+/// Nominal flops of a real 2-D FFT round trip over `planes` planes of `h x w`.
+pub fn fft_flops(planes: usize, h: usize, w: usize) -> f64 {
+    let n = (h * w) as f64;
+    planes as f64 * 5.0 * n * n.log2()
+}
