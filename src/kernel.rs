@@ -148,7 +148,9 @@ pub fn gaussian(sigma: f64) -> anyhow::Result<Kernel> {
 pub fn motion(length: f64, angle: f64) -> anyhow::Result<Kernel> {
     let n = MODEL_KERNEL_SIZE;
     if !(length.is_finite() && length > 0.0 && length <= n as f64) || !angle.is_finite() {
-        bail!("motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}")
+        bail!(
+            "motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}"
+        )
     }
     let c = (n / 2) as f64;
     let (dx, dy) = (angle.to_radians().cos(), -angle.to_radians().sin());

@@ -290,7 +290,6 @@ impl CustomOp1 for Rfft2 {
         };
         Ok((out, Shape::from(out_dims)))
     }
-
 }
 
 impl CustomOp1 for Irfft2 {
@@ -310,7 +309,6 @@ impl CustomOp1 for Irfft2 {
         };
         Ok((out, Shape::from(out_dims)))
     }
-
 }
 
 /// A plain O(N^2) DFT, obviously correct, for tests.
