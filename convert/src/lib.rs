@@ -256,7 +256,7 @@ pub fn read_pth(path: &Path, limits: Limits) -> Result<StateDict> {
             "not a zip archive (torch.save's format since PyTorch 1.6)".into(),
         ));
     }
-    check_pickles(path, meta.len()).map_err(not_ckpt)?;
+    check_zip(path, meta.len()).map_err(not_ckpt)?;
     let pth = no_panic(|| candle_core::pickle::PthTensors::new(path, None)).map_err(not_ckpt)?;
     let infos = pth.tensor_infos();
     if infos.is_empty() {
@@ -320,25 +320,26 @@ pub fn read_pth(path: &Path, limits: Limits) -> Result<StateDict> {
     Ok(StateDict { tensors, sha256 })
 }
 
-/// Runs [`check_pickle`] on every pickle in the zip at `path` (`len` bytes) that the reader will
-/// interpret; what cannot be read is left for the reader to report.
-fn check_pickles(path: &Path, len: u64) -> std::result::Result<(), String> {
+/// Reads every entry of the zip at `path` (`len` bytes) once, which checks its CRC (the tensor
+/// reader does not: a corrupt checkpoint would convert silently), and runs [`check_pickle`] on
+/// the pickles the reader will interpret. What is not a zip is left for the reader to report.
+fn check_zip(path: &Path, len: u64) -> std::result::Result<(), String> {
     let file = std::fs::File::open(path).map(std::io::BufReader::new);
     let Some(mut zip) = file.ok().and_then(|f| zip::ZipArchive::new(f).ok()) else {
         return Ok(());
     };
-    let names: Vec<String> = zip
-        .file_names()
-        .filter_map(|n| n.ok())
-        .filter(|n| n.ends_with("data.pkl"))
-        .map(|n| n.into_owned())
-        .collect();
-    for name in names {
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| format!("zip entry {i}: {e}"))?;
+        let name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
         let mut pickle = vec![];
-        if let Ok(f) = zip.by_name(&name) {
-            if f.take(len).read_to_end(&mut pickle).is_ok() {
-                check_pickle(&pickle)?;
-            }
+        let read = if name.ends_with("data.pkl") {
+            (&mut entry).take(len).read_to_end(&mut pickle).map(drop)
+        } else {
+            std::io::copy(&mut entry, &mut std::io::sink()).map(drop)
+        };
+        read.map_err(|e| format!("`{name}` is corrupt ({e})"))?;
+        if name.ends_with("data.pkl") {
+            check_pickle(&pickle)?;
         }
     }
     Ok(())
