@@ -511,8 +511,8 @@ fn write_fuzz_seeds() {
         image::ImageBuffer::<Luma<u16>, _>::from_fn(3, 3, |x, y| Luma([(x * 9000 + y) as u16]));
     seed("kernel", "psf16.png", &[2], &png(g16));
 
-    seed("checkpoint", "toy.pth", &[0], &pth(TOY));
-    seed("checkpoint", "header.pth", &[0], &pth(TOY)[..64]);
+    seed("checkpoint", "toy_pth.bin", &[0], &pth(TOY));
+    seed("checkpoint", "header_pth.bin", &[0], &pth(TOY)[..64]);
     seed("checkpoint", "toy.pkl", &[1], &pickle(TOY));
 
     let dev = candle_core::Device::Cpu;
@@ -529,13 +529,8 @@ fn write_fuzz_seeds() {
         .collect();
     let meta = std::collections::HashMap::from([("model".to_owned(), "converse_dncnn".to_owned())]);
     let st = |meta| safetensors::serialize(first.clone(), meta).unwrap();
-    seed("safetensors", "dncnn_first.safetensors", &[], &st(None));
-    seed(
-        "safetensors",
-        "dncnn_meta.safetensors",
-        &[],
-        &st(Some(meta)),
-    );
+    seed("safetensors", "dncnn_first_st.bin", &[], &st(None));
+    seed("safetensors", "dncnn_meta_st.bin", &[], &st(Some(meta)));
 
     let rgb = RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8 * 50, y as u8 * 60, 7]));
     for (name, format) in [
