@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use candle_core::Device;
 use common::{converse, listing, stderr};
 use converse::models::ModelKind;
 use image::{GrayImage, ImageFormat, Luma, RgbImage};
@@ -94,7 +95,7 @@ fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     z.finish().unwrap().into_inner()
 }
 
-/// Pickle opcodes: a string and an int.
+/// Pickle opcodes: a string and an int (saturated to an i32).
 fn pstr(p: &mut Vec<u8>, s: &str) {
     p.push(b'X');
     p.extend((s.len() as u32).to_le_bytes());
@@ -103,7 +104,7 @@ fn pstr(p: &mut Vec<u8>, s: &str) {
 
 fn pint(p: &mut Vec<u8>, v: usize) {
     p.push(b'J');
-    p.extend((v as i32).to_le_bytes());
+    p.extend((v.min(i32::MAX as usize) as i32).to_le_bytes());
 }
 
 /// The pickle `torch.save(state_dict)` writes for float32 tensors given by name, shape and
@@ -153,6 +154,27 @@ fn pth(tensors: &[(&str, &[usize], usize)]) -> Vec<u8> {
 
 const TOY: &[(&str, &[usize], usize)] = &[("fc.bias", &[2], 2), ("fc.weight", &[2, 3], 6)];
 
+/// A 64 KiB tmpfs, unmounted when dropped (even when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        mounted.then(|| Self(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Every failure mode we know of, through the binary.
 #[test]
 fn bad_inputs_fail_with_clear_errors_and_no_panic() {
@@ -183,6 +205,19 @@ fn bad_inputs_fail_with_clear_errors_and_no_panic() {
 
     let good = png(gray(24, 20));
     let img = put("img.png", &good);
+    let denoise_to = |weights: &str, out: &str| {
+        strings(&[
+            "restore",
+            "--task",
+            "denoise",
+            "--weights",
+            weights,
+            "-i",
+            &img,
+            "-o",
+            out,
+        ])
+    };
     let mut rgb_jpeg = vec![];
     image::DynamicImage::ImageRgb8(RgbImage::from_fn(32, 32, |x, y| {
         image::Rgb([x as u8 * 8, y as u8 * 8, 90])
@@ -238,20 +273,19 @@ fn bad_inputs_fail_with_clear_errors_and_no_panic() {
     let last = params.len() - 1;
     params[last].1 = &[5];
     params[last].2 = 5;
-    let mut wrong_dtype = vec![];
-    {
-        let t64 = candle_core::Tensor::zeros(3, candle_core::DType::F64, &candle_core::Device::Cpu);
-        wrong_dtype.extend(safetensors::serialize([("head.bias", t64.unwrap())], None).unwrap());
-    }
-    let st_dir = t.join("w_dtype");
-    std::fs::create_dir_all(&st_dir).unwrap();
-    std::fs::write(st_dir.join("converse_dncnn.safetensors"), &wrong_dtype).unwrap();
-    let corrupt_dir = t.join("w_corrupt");
-    std::fs::create_dir_all(&corrupt_dir).unwrap();
+    // Weights folders: a float64 safetensors, and the released checkpoint with 64 bytes flipped.
+    let weights_dir = |dir: &str, file: &str, bytes: &[u8]| {
+        std::fs::create_dir_all(t.join(dir)).unwrap();
+        std::fs::write(t.join(dir).join(file), bytes).unwrap();
+        path(dir)
+    };
+    let f64_bias = candle_core::Tensor::zeros(3, candle_core::DType::F64, &Device::Cpu).unwrap();
+    let f64_st = safetensors::serialize([("head.bias", f64_bias)], None).unwrap();
+    let st_dir = weights_dir("w_dtype", "converse_dncnn.safetensors", &f64_st);
     let mut corrupt = std::fs::read(shared.join("weights/converse_dncnn.pth")).unwrap();
     let mid = corrupt.len() / 2;
     corrupt[mid..mid + 64].iter_mut().for_each(|b| *b ^= 0x55);
-    std::fs::write(corrupt_dir.join("converse_dncnn.pth"), &corrupt).unwrap();
+    let corrupt_dir = weights_dir("w_corrupt", "converse_dncnn.pth", &corrupt);
     let s = |p: &Path| p.to_str().unwrap().to_owned();
 
     let mut cases = vec![
@@ -302,6 +336,7 @@ fn bad_inputs_fail_with_clear_errors_and_no_panic() {
         case("pickle bomb", 2, &["is not a PyTorch checkpoint", "copies more than"], convert(&put("bomb.pth", &zip_of(&[("archive/data.pkl", &bomb)])), "bomb.safetensors")),
         case("pickle with a lying string length", 2, &["a string of 4294967295 bytes"], convert(&put("string.pth", &zip_of(&[("archive/data.pkl", b"\x80\x02X\xff\xff\xff\xffabc.")])), "string.safetensors")),
         case("storage smaller than the shape", 2, &["tensor `fc.weight` needs 6 elements but its storage holds 2"], convert(&put("storage.pth", &pth(&[("fc.weight", &[2, 3], 2)])), "storage.safetensors")),
+        case("shape whose size overflows", 2, &["tensor `w` has an impossible shape [2000000000, 2000000000, 2000000000]"], convert(&put("overflow.pth", &pth(&[("w", &[2_000_000_000; 3], 1)])), "overflow.safetensors")),
         case("shape larger than the file", 2, &["tensor `w` needs 4000000000 bytes, more than the whole file"], convert(&put("lying.pth", &pth(&[("w", &[1_000_000_000], 1_000_000_000)])), "lying.safetensors")),
         case("empty checkpoint", 2, &["not a zip archive"], convert(&put("empty.pth", b""), "empty.safetensors")),
         case("folder as checkpoint", 2, &["is a folder: use --all"], convert(&path("no_images"), "dir.safetensors")),
@@ -310,11 +345,11 @@ fn bad_inputs_fail_with_clear_errors_and_no_panic() {
         Case { env: vec![("CONVERSE_MAX_CHECKPOINT_BYTES", "16")], ..case("too many bytes", 2, &["32 bytes of tensors, more than the limit of 16 bytes (raise it with $CONVERSE_MAX_CHECKPOINT_BYTES)"], convert(&path("other.pth"), "bytes.safetensors")) },
         Case { env: vec![("CONVERSE_MAX_CHECKPOINT_BYTES", "lots")], ..case("bad limit value", 2, &["$CONVERSE_MAX_CHECKPOINT_BYTES must be a whole number, got `lots`"], convert(&path("other.pth"), "lots.safetensors")) },
         // Weights folders.
-        case("safetensors of the wrong dtype", 2, &["tensor `head.bias` is F64, converse_dncnn expects F32"], { let mut a = denoise(&img, "dtype.png"); a[4] = s(&st_dir); a }),
-        case("corrupt checkpoint in the weights folder", 2, &["converse_dncnn.pth' is not a PyTorch checkpoint", "is corrupt (Invalid checksum)"], { let mut a = denoise(&img, "corrupt.png"); a[4] = s(&corrupt_dir); a }),
+        case("safetensors of the wrong dtype", 2, &["tensor `head.bias` is F64, converse_dncnn expects F32"], denoise_to(&st_dir, &path("out/dtype.png"))),
+        case("corrupt checkpoint in the weights folder", 2, &["converse_dncnn.pth' is not a PyTorch checkpoint", "is corrupt (Invalid checksum)"], denoise_to(&corrupt_dir, &path("out/corrupt.png"))),
         // Outputs and options.
         case("output in a missing folder", 0, &[], denoise(&img, "new/dir/o.png")),
-        case("output equal to the input", 1, &["the output is the input, which is never overwritten"], { let mut a = denoise(&img, ""); *a.last_mut().unwrap() = img.clone(); a }),
+        case("output equal to the input", 1, &["the output is the input, which is never overwritten"], denoise_to(&weights, &img)),
         case("--scale 2 for sr", 2, &["--scale 2 is not supported: the released SR model is x4"], restore("sr", &img, "sr.png", &["--scale", "2"])),
         case("--scale for denoise", 2, &["--scale is for --task sr, not --task denoise"], restore("denoise", &img, "s.png", &["--scale", "4"])),
         case("--quality 0", 2, &["0 is not in 1..=100"], restore("denoise", &img, "q.jpg", &["--quality", "0"])),
@@ -334,17 +369,11 @@ fn bad_inputs_fail_with_clear_errors_and_no_panic() {
     }
     // Disk full: a 64 KiB tmpfs, filled up (needs root; skipped where it cannot be mounted).
     let full = t.join("full");
-    std::fs::create_dir_all(&full).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&full)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if mounted {
+    let full_fs = Tmpfs::mount(&full);
+    if full_fs.is_some() {
         let mut filler = std::fs::File::create(full.join("filler")).unwrap();
         while filler.write_all(&[0; 4096]).is_ok() {}
-        let mut a = denoise(&img, "");
-        *a.last_mut().unwrap() = s(&full.join("o.png"));
+        let a = denoise_to(&weights, &s(&full.join("o.png")));
         cases.push(case(
             "disk full",
             1,
@@ -404,9 +433,8 @@ fn bad_inputs_fail_with_clear_errors_and_no_panic() {
         std::fs::read(t.join("out/text_k.png")).unwrap()
     );
     assert!(!marker.exists(), "the pickle ran a command");
-    if mounted {
+    if full_fs.is_some() {
         assert_eq!(listing(&full), ["filler"]);
-        Command::new("umount").arg(&full).status().unwrap();
     }
     assert_eq!(std::fs::read(&img).unwrap(), good);
 }
@@ -515,7 +543,7 @@ fn write_fuzz_seeds() {
     seed("checkpoint", "header_pth.bin", &[0], &pth(TOY)[..64]);
     seed("checkpoint", "toy.pkl", &[1], &pickle(TOY));
 
-    let dev = candle_core::Device::Cpu;
+    let dev = Device::Cpu;
     let spec = ModelKind::DnCNN.spec();
     let first: Vec<(&str, candle_core::Tensor)> = spec.params[..2]
         .iter()

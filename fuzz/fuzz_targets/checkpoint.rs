@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let file = if mode == 0 { rest.to_vec() } else { zipped(rest) };
+    let file = if mode == 0 {
+        rest.to_vec()
+    } else {
+        zipped(rest)
+    };
     let path = std::env::temp_dir().join(format!("converse-fuzz-{}.pth", std::process::id()));
     std::fs::write(&path, file).unwrap();
     let _ = convert_to_bytes(&path, specs(), Limits::default());
