@@ -52,26 +52,24 @@ pub(crate) fn per_image(
     Tensor::cat(&outs, 0)
 }
 
-/// Buffers the blocks of one forward pass share: the normalised input `(c, n)` and the hidden
-/// maps `(2c + 1, n)`, whose last row is ones (it carries the reducing 1x1's bias).
+/// The buffer the blocks of one forward pass share: the hidden maps `(2c + 1, n)`, whose last
+/// row is ones (it carries the reducing 1x1's bias).
 #[derive(Debug, Default)]
 pub(crate) struct Workspace {
-    norm: Vec<f32>,
     hidden: Vec<f32>,
     shape: (usize, usize),
 }
 
 impl Workspace {
-    fn get(&mut self, c: usize, n: usize) -> (&mut [f32], &mut [f32]) {
+    fn get(&mut self, c: usize, n: usize) -> &mut [f32] {
         if self.shape != (c, n) {
-            // Free the old buffers before allocating the new ones.
-            (self.norm, self.hidden) = (Vec::new(), Vec::new());
-            self.norm = vec![0.0; c * n];
+            // Free the old buffer before allocating the new one.
+            self.hidden = Vec::new();
             self.hidden = vec![0.0; (2 * c + 1) * n];
             self.hidden[2 * c * n..].fill(1.0);
             self.shape = (c, n);
         }
-        (&mut self.norm, &mut self.hidden)
+        &mut self.hidden
     }
 }
 
@@ -225,22 +223,28 @@ impl FastBranch {
         Ok(Self { expand, reduce })
     }
 
-    /// `x += reduce(gelu(expand(norm(x))))`, with `mid` (the Converse2D and its GELU) run on
-    /// the hidden maps in between.
+    /// `x += reduce(gelu(expand(norm(x))))`, with `mid` (the Converse2D and its GELU), if any,
+    /// run on the hidden maps in between.
     fn forward(
         &self,
         x: &mut Planes,
         ws: &mut Workspace,
-        mid: impl FnOnce(&mut [f32]) -> Result<()>,
+        mid: Option<impl FnOnce(&mut [f32]) -> Result<()>>,
     ) -> Result<()> {
         let (c, n) = (x.c, x.pixels());
-        let (norm, hidden) = ws.get(c, n);
-        cpu::layer_norm(&x.data, norm, c, n, 1e-5);
-        let h = &mut hidden[..2 * c * n];
-        cpu::matmul(h, &self.expand.0, norm, (2 * c, c, n));
-        cpu::bias_gelu(h, &self.expand.1, n);
-        mid(h)?;
-        cpu::matmul_acc(&mut x.data, &self.reduce, hidden, (c, 2 * c + 1, n));
+        let w = cpu::BranchWeights {
+            expand: &self.expand.0,
+            bias: &self.expand.1,
+            reduce: &self.reduce,
+        };
+        let Some(mid) = mid else {
+            cpu::branch(&mut x.data, (c, n), &w);
+            return Ok(());
+        };
+        let hidden = ws.get(c, n);
+        cpu::branch_expand(&x.data, hidden, (c, n), &w);
+        mid(&mut hidden[..2 * c * n])?;
+        cpu::branch_reduce(&mut x.data, hidden, (c, n), &w);
         Ok(())
     }
 }
@@ -302,8 +306,12 @@ impl ConverseBlock {
         };
         let hw = (x.h, x.w);
         let [b1, b2] = &fast.branches;
-        b1.forward(x, ws, |h| self.converse.solve_planes(h, hw, true))?;
-        b2.forward(x, ws, |_| Ok(()))
+        b1.forward(
+            x,
+            ws,
+            Some(|h: &mut [f32]| self.converse.solve_planes(h, hw, true)),
+        )?;
+        b2.forward(x, ws, None::<fn(&mut [f32]) -> Result<()>>)
     }
 }
 

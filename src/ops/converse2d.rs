@@ -274,8 +274,9 @@ fn filter(
     check_padding(mode, padding, h)?;
     check_padding(mode, padding, w)?;
     let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-    // In groups of channels, so the f64 temporaries stay small.
-    const GROUP: usize = 16;
+    // In groups of channels (the lane groups of the scale-1 layout), so the f64 temporaries
+    // stay small.
+    use cpu::GROUP;
     let make = || {
         let (kn, c) = (kernel.dim(0)?, kernel.dim(1)?);
         let mut parts = vec![];
@@ -295,10 +296,11 @@ fn filter(
                     &flat(&g.im)?,
                     hp * scale,
                     wp * scale,
+                    scale == 1,
                 ));
             }
         }
-        Ok(Filter::concat(parts))
+        Ok(Filter::concat(parts, c))
     };
     match cache {
         Some(cache) => cache.filter_or((hp, wp), make),

@@ -7,6 +7,7 @@ pub mod fft;
 pub mod pad;
 pub mod profile;
 pub mod resize;
+pub(crate) mod vfft;
 
 pub use converse2d::{solve as converse2d_solve, Converse2d, Converse2dConfig};
 pub use fft::{irfft2, rfft2, Spectrum};

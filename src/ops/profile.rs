@@ -56,15 +56,27 @@ pub fn snapshot() -> [(f64, f64); 3] {
 }
 
 /// Times a region until dropped, adding `work` units to `kind`. Regions must not nest.
-pub struct Timer(Option<(OpKind, u64, Instant)>);
+pub struct Timer(Option<(OpKind, u64, Instant, u64)>);
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        if let Some((k, work, t)) = self.0 {
-            NANOS[k as usize].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Some((k, work, t, share)) = self.0 {
+            let nanos = t.elapsed().as_nanos() as u64 / share;
+            NANOS[k as usize].fetch_add(nanos, Ordering::Relaxed);
             WORK[k as usize].fetch_add(work, Ordering::Relaxed);
         }
     }
+}
+
+/// A [`Timer`] for a region that runs on one of the pool's threads while the others run
+/// the same kind of work: it counts its time divided by the number of threads, so that the
+/// kinds' times still add up to the wall time.
+#[inline]
+pub fn time_shared(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
+    Timer(ENABLED.load(Ordering::Relaxed).then(|| {
+        let share = rayon::current_num_threads().max(1) as u64;
+        (kind, work() as u64, Instant::now(), share)
+    }))
 }
 
 /// Starts a [`Timer`] for `kind` (a no-op while the timers are off).
@@ -73,7 +85,7 @@ pub fn time(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
     Timer(
         ENABLED
             .load(Ordering::Relaxed)
-            .then(|| (kind, work() as u64, Instant::now())),
+            .then(|| (kind, work() as u64, Instant::now(), 1)),
     )
 }
 
