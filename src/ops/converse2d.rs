@@ -274,11 +274,23 @@ fn filter(
     check_padding(mode, padding, h)?;
     check_padding(mode, padding, w)?;
     let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-    // In groups of channels (the lane groups of the scale-1 layout), so the f64 temporaries
-    // stay small.
-    use cpu::GROUP;
+    // Above scale 1, in groups of channels, so the f64 temporaries stay small.
+    const GROUP: usize = 16;
     let make = || {
-        let (kn, c) = (kernel.dim(0)?, kernel.dim(1)?);
+        let (kn, c, kh, kw) = kernel.dims4()?;
+        if scale == 1 {
+            if kh > hp || kw > wp {
+                candle_core::bail!(
+                    "Converse2D: kernel {kh}x{kw} is larger than the padded input {hp}x{wp}"
+                )
+            }
+            if lam.dims() != [1, c, 1, 1] {
+                candle_core::bail!("Converse2D: lambda {:?} is not (1, {c}, 1, 1)", lam.shape())
+            }
+            let flat = |t: &Tensor| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>();
+            let (k, l) = (flat(kernel)?, flat(lam)?);
+            return Ok(Filter::lanes(&k, &l, (kn, c), (kh, kw), (hp, wp)));
+        }
         let mut parts = vec![];
         for n in 0..kn {
             for c0 in (0..c).step_by(GROUP) {
@@ -296,7 +308,6 @@ fn filter(
                     &flat(&g.im)?,
                     hp * scale,
                     wp * scale,
-                    scale == 1,
                 ));
             }
         }

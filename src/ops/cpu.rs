@@ -55,7 +55,8 @@ pub(crate) fn gelu(x: f32) -> f32 {
 /// Runs `$body` (which must inline: loops, not closures) compiled for AVX2 and FMA when the
 /// CPU has them, so that the element-wise loops vectorise 8 wide.
 macro_rules! fast_simd {
-    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
         fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body
@@ -365,56 +366,59 @@ pub(crate) struct Filter {
 }
 
 /// Filters per lane group.
-pub(crate) const GROUP: usize = 2 * LANES;
+const GROUP: usize = 2 * LANES;
 
 impl Filter {
-    /// From `G` as planar `re`, `im`, each `(filters, h, w/2+1)` row-major: at most [`GROUP`]
-    /// consecutive channels of one kernel, with `lanes` for the scale-1 layout.
-    pub(crate) fn new(re: &[f64], im: &[f64], h: usize, w: usize, lanes: bool) -> Self {
+    /// From `G` as planar `re`, `im`, each `(filters, h, w/2+1)` row-major (scale > 1).
+    pub(crate) fn new(re: &[f64], im: &[f64], h: usize, w: usize) -> Self {
         let wq = w / 2 + 1;
         let norm = 1.0 / (h * w) as f64;
         let plane = h * wq;
-        let count = re.len() / plane;
-        let at = |f: usize, q: usize| {
-            (
-                (re[f * plane + q] * norm) as f32,
-                (im[f * plane + q] * norm) as f32,
-            )
-        };
-        if lanes {
-            assert!(count <= GROUP, "Converse2D lane group of {count} filters");
-            let mut g = vec![V::default(); 4 * plane];
-            for q in 0..plane {
-                for f in 0..count {
-                    let (r, i) = at(f, q);
-                    let base = 4 * q + 2 * (f % 2);
-                    g[base].0[f / 2] = r;
-                    g[base + 1].0[f / 2] = i;
-                }
-            }
-            return Self {
-                h,
-                w,
-                channels: count,
-                g: vec![],
-                lanes: g,
-            };
-        }
         let mut g = Vec::with_capacity(re.len());
-        for f in 0..count {
+        for (re, im) in re.chunks(plane).zip(im.chunks(plane)) {
             for j in 0..wq {
                 g.extend((0..h).map(|i| {
-                    let (r, i) = at(f, i * wq + j);
-                    Complex::new(r, i)
+                    let q = i * wq + j;
+                    Complex::new((re[q] * norm) as f32, (im[q] * norm) as f32)
                 }));
             }
         }
         Self {
             h,
             w,
-            channels: count,
+            channels: re.len() / plane,
             g,
             lanes: vec![],
+        }
+    }
+
+    /// The scale-1 filters of `kernels` `(kn, c, kh, kw)` with `lam` `(c)` over the padded
+    /// grid `(h, w)`, in the lane layout ([`lane_group`] per group, groups in parallel).
+    pub(crate) fn lanes(
+        kernels: &[f64],
+        lam: &[f64],
+        (kn, c): (usize, usize),
+        (kh, kw): (usize, usize),
+        (h, w): (usize, usize),
+    ) -> Self {
+        let per = c.div_ceil(GROUP);
+        let group_len = 4 * h * (w / 2 + 1);
+        let mut lanes = vec![V::default(); kn * per * group_len];
+        lanes
+            .par_chunks_mut(group_len)
+            .enumerate()
+            .for_each(|(i, g)| {
+                let c0 = (i % per) * GROUP;
+                let count = GROUP.min(c - c0);
+                let k = &kernels[((i / per) * c + c0) * kh * kw..][..count * kh * kw];
+                lane_group(g, k, &lam[c0..c0 + count], [kh, kw, h, w]);
+            });
+        Self {
+            h,
+            w,
+            channels: c,
+            g: vec![],
+            lanes,
         }
     }
 
@@ -438,6 +442,77 @@ impl Filter {
     pub(crate) fn bytes(&self) -> usize {
         self.g.len() * std::mem::size_of::<Complex<f32>>()
             + self.lanes.len() * std::mem::size_of::<V>()
+    }
+}
+
+fast_simd! {
+    /// One lane group of scale-1 transfer functions `G = (conj FK + λ) / (|FK|² + λ)`, scaled by
+    /// `1/(h*w)`, for `count = lam.len()` kernels `(count, kh, kw)` centred at `(kh/2, kw/2)`:
+    /// `FK` by a separable DFT straight from the taps, in f64 (`kh * (w/2+1)` row sums, then
+    /// `kh` terms per frequency), which is cheaper than an FFT of the padded kernel.
+    fn lane_group(g: &mut [V], kernels: &[f64], lam: &[f64], dims: [usize; 4]) {
+        let [kh, kw, h, w] = dims;
+        let wq = w / 2 + 1;
+        let norm = 1.0 / (h * w) as f64;
+        // e^{-2 pi i t / n}, the angle reduced exactly first.
+        let unit = |t: isize, n: usize| {
+            let a = -2.0 * std::f64::consts::PI * t.rem_euclid(n as isize) as f64 / n as f64;
+            (a.cos(), a.sin())
+        };
+        let (ca, cb) = ((kh / 2) as isize, (kw / 2) as isize);
+        let (mut rc, mut rs) = (vec![0.0; kw * wq], vec![0.0; kw * wq]);
+        for b in 0..kw {
+            for v in 0..wq {
+                (rc[b * wq + v], rs[b * wq + v]) = unit(v as isize * (b as isize - cb), w);
+            }
+        }
+        let (mut hc, mut hs) = (vec![0.0; h * kh], vec![0.0; h * kh]);
+        for u in 0..h {
+            for a in 0..kh {
+                (hc[u * kh + a], hs[u * kh + a]) = unit(u as isize * (a as isize - ca), h);
+            }
+        }
+        // Row sums of every kernel first; then one frequency row `u` at a time for all the
+        // kernels, so that the group's output row stays in cache.
+        let count = lam.len();
+        let (mut rr, mut ri) = (vec![0.0; count * kh * wq], vec![0.0; count * kh * wq]);
+        for (f, k) in kernels.chunks(kh * kw).take(count).enumerate() {
+            for a in 0..kh {
+                let at = (f * kh + a) * wq;
+                let (ra, ia) = (&mut rr[at..][..wq], &mut ri[at..][..wq]);
+                for b in 0..kw {
+                    let t = k[a * kw + b];
+                    let (c, s) = (&rc[b * wq..][..wq], &rs[b * wq..][..wq]);
+                    for v in 0..wq {
+                        ra[v] += t * c[v];
+                        ia[v] += t * s[v];
+                    }
+                }
+            }
+        }
+        let (mut fr, mut fi) = (vec![0.0; wq], vec![0.0; wq]);
+        for u in 0..h {
+            let row = &mut g[4 * u * wq..][..4 * wq];
+            for (f, &l) in lam.iter().enumerate() {
+                fr.fill(0.0);
+                fi.fill(0.0);
+                for a in 0..kh {
+                    let (c, s) = (hc[u * kh + a], hs[u * kh + a]);
+                    let at = (f * kh + a) * wq;
+                    let (ra, ia) = (&rr[at..][..wq], &ri[at..][..wq]);
+                    for v in 0..wq {
+                        fr[v] += ra[v] * c - ia[v] * s;
+                        fi[v] += ra[v] * s + ia[v] * c;
+                    }
+                }
+                let (lane, part) = (f / 2, 2 * (f % 2));
+                for v in 0..wq {
+                    let den = fr[v] * fr[v] + fi[v] * fi[v] + l;
+                    row[4 * v + part].0[lane] = ((fr[v] + l) / den * norm) as f32;
+                    row[4 * v + part + 1].0[lane] = (-fi[v] / den * norm) as f32;
+                }
+            }
+        }
     }
 }
 
