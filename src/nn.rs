@@ -53,19 +53,48 @@ pub(crate) fn per_image(
 }
 
 /// The buffer the blocks of one forward pass share: the hidden maps `(2c + 1, n)`, whose last
-/// row is ones (it carries the reducing 1x1's bias).
-#[derive(Debug, Default)]
+/// row is ones (it carries the reducing 1x1's bias). Its memory is handed to the next forward
+/// pass when dropped ([`SPARE`]): fresh allocations this large come from the kernel page by page
+/// on every call, which costs more than the copy-free reuse.
+#[derive(Debug)]
 pub(crate) struct Workspace {
     hidden: Vec<f32>,
     shape: (usize, usize),
 }
 
+/// The memory of the last dropped [`Workspace`].
+static SPARE: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+impl Default for Workspace {
+    fn default() -> Self {
+        let hidden = std::mem::take(&mut *SPARE.lock().unwrap_or_else(|e| e.into_inner()));
+        Self {
+            hidden,
+            shape: (0, 0),
+        }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if self.hidden.capacity() > spare.capacity() {
+            *spare = std::mem::take(&mut self.hidden);
+        }
+    }
+}
+
 impl Workspace {
     fn get(&mut self, c: usize, n: usize) -> &mut [f32] {
         if self.shape != (c, n) {
-            // Free the old buffer before allocating the new one.
-            self.hidden = Vec::new();
-            self.hidden = vec![0.0; (2 * c + 1) * n];
+            let len = (2 * c + 1) * n;
+            if len > self.hidden.capacity() {
+                // Free the old buffer before allocating the new one.
+                self.hidden = Vec::new();
+                self.hidden.reserve_exact(len);
+            }
+            self.hidden.clear();
+            self.hidden.resize(len, 0.0);
             self.hidden[2 * c * n..].fill(1.0);
             self.shape = (c, n);
         }

@@ -151,24 +151,40 @@ pub(crate) fn matmul(dst: &mut [f32], w: &[f32], x: &[f32], (m, k, n): (usize, u
 
 fn matmul_impl(dst: &mut [f32], w: &[f32], x: &[f32], (m, k, n): (usize, usize, usize), acc: bool) {
     let _t = profile::time(OpKind::Gemm, || (2 * m * k * n) as f64);
-    gemm_call(dst, w, x, (m, k, n), acc, rayon::current_num_threads() > 1)
+    gemm_call(
+        dst,
+        w,
+        (x, n),
+        (m, k, n),
+        acc,
+        rayon::current_num_threads() > 1,
+    )
 }
 
-/// [`matmul`] or [`matmul_acc`] on this thread only (inside a parallel loop).
-fn matmul_seq(dst: &mut [f32], w: &[f32], x: &[f32], (m, k, n): (usize, usize, usize), acc: bool) {
+/// `dst (m, n) = [dst +] w (m, k) · x (k, n)` on this thread only (inside a parallel loop),
+/// `x`'s rows `x_rs` apart.
+fn matmul_seq(
+    dst: &mut [f32],
+    w: &[f32],
+    x: (&[f32], usize),
+    (m, k, n): (usize, usize, usize),
+    acc: bool,
+) {
     let _t = profile::time_shared(OpKind::Gemm, || (2 * m * k * n) as f64);
     gemm_call(dst, w, x, (m, k, n), acc, false)
 }
 
+/// `dst (m, n) = [dst +] w (m, k) · x (k, n)`, `x`'s rows `x_rs` apart.
 fn gemm_call(
     dst: &mut [f32],
     w: &[f32],
-    x: &[f32],
+    (x, x_rs): (&[f32], usize),
     (m, k, n): (usize, usize, usize),
     acc: bool,
     parallel: bool,
 ) {
-    assert!(dst.len() >= m * n && w.len() >= m * k && x.len() >= k * n);
+    assert!(dst.len() >= m * n && w.len() >= m * k && x_rs >= n);
+    assert!(k == 0 || x.len() >= (k - 1) * x_rs + n);
     let threads = rayon::current_num_threads();
     let par = if parallel {
         gemm::Parallelism::Rayon(threads)
@@ -191,7 +207,7 @@ fn gemm_call(
             k as isize,
             x.as_ptr(),
             1,
-            n as isize,
+            x_rs as isize,
             1.0,
             1.0,
             false,
@@ -279,7 +295,13 @@ impl TileWork {
             let mut rows: Vec<&mut [f32]> = self.norm[..c * len].chunks_mut(len).collect();
             layer_norm_block(&self.x, &mut rows, len, 0, len, 1e-5);
         }
-        matmul_seq(&mut self.h, w.expand, &self.norm, (2 * c, c, len), false);
+        matmul_seq(
+            &mut self.h,
+            w.expand,
+            (&self.norm, len),
+            (2 * c, c, len),
+            false,
+        );
         let _t = profile::time_shared(OpKind::NormAct, || (2 * c * len) as f64);
         for (row, &b) in self.h.chunks_mut(len).zip(w.bias) {
             gelu_row(row, b);
@@ -297,7 +319,7 @@ pub(crate) fn branch(x: &mut [f32], (c, n): (usize, usize), w: &BranchWeights) {
             let len = rows[0].len();
             gather(&rows, &mut tw.x);
             tw.expand(c, len, w);
-            matmul_seq(&mut tw.x, w.reduce, &tw.h, (c, 2 * c + 1, len), true);
+            matmul_seq(&mut tw.x, w.reduce, (&tw.h, len), (c, 2 * c + 1, len), true);
             scatter(&tw.x[..c * len], &mut rows);
         },
     );
@@ -326,24 +348,24 @@ pub(crate) fn branch_expand(
         );
 }
 
-/// The second half: `x += reduce · hidden` for `hidden` `(2c + 1, n)` (last row ones).
+/// The second half: `x += reduce · hidden` for `hidden` `(2c + 1, n)` (last row ones), read
+/// in place.
 pub(crate) fn branch_reduce(
     x: &mut [f32],
     hidden: &[f32],
     (c, n): (usize, usize),
     w: &BranchWeights,
 ) {
-    let inputs = tiles_ref(hidden, 2 * c + 1, n);
     tiles_mut(x, c, n)
         .into_par_iter()
-        .zip(inputs)
+        .enumerate()
         .for_each_init(
             || TileWork::new(c),
-            |tw, (mut rows, h)| {
+            |tw, (t, mut rows)| {
                 let len = rows[0].len();
                 gather(&rows, &mut tw.x);
-                gather(&h, &mut tw.h);
-                matmul_seq(&mut tw.x, w.reduce, &tw.h, (c, 2 * c + 1, len), true);
+                let h = (&hidden[t * TILE..], n);
+                matmul_seq(&mut tw.x, w.reduce, h, (c, 2 * c + 1, len), true);
                 scatter(&tw.x[..c * len], &mut rows);
             },
         );
@@ -722,10 +744,23 @@ pub(crate) fn converse_solve(
             batches.push((&filter.lanes[group * group_len..][..group_len], batch));
         }
     }
-    batches.into_par_iter().for_each_init(
-        || LaneWork::new(&geo),
-        |work, (g, batch)| solve_batch(&geo, work, batch, g, act),
-    );
+    batches.into_par_iter().for_each(|(g, batch)| {
+        LANE_WORK.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            // One set of buffers per thread, kept between calls of the same grid size.
+            if cell.as_ref().map(|w| w.shape) != Some((hp, wp)) {
+                *cell = None;
+                *cell = Some(LaneWork::new(&geo));
+            }
+            if let Some(work) = cell.as_mut() {
+                solve_batch(&geo, work, batch, g, act);
+            }
+        })
+    });
+}
+
+thread_local! {
+    static LANE_WORK: std::cell::RefCell<Option<LaneWork>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The geometry of the lane-batched solve: source row and column of each padded one, and the
@@ -779,6 +814,7 @@ fn lane_plan(n: usize) -> Arc<vfft::Plan> {
 
 /// Per-thread buffers: the batch's complex grid `(hp, wp)` and one line.
 struct LaneWork {
+    shape: (usize, usize),
     re: Vec<V>,
     im: Vec<V>,
     line_re: Vec<V>,
@@ -791,6 +827,7 @@ impl LaneWork {
         let (n, line) = (geo.hp * geo.wp, geo.hp.max(geo.wp));
         let scratch = geo.plan_h.scratch_len().max(geo.plan_w.scratch_len());
         Self {
+            shape: (geo.hp, geo.wp),
             re: vec![V::default(); n],
             im: vec![V::default(); n],
             line_re: vec![V::default(); line],
@@ -844,6 +881,7 @@ fn solve_batch_impl<S: Simd>(
         line_re,
         line_im,
         scratch,
+        ..
     } = work;
     // Pad and interleave: the image columns lane by lane, then the padding columns whole.
     for (i, row) in geo.rows.iter().enumerate() {
@@ -1037,7 +1075,7 @@ mod tests {
         }
         let w: Vec<f32> = (0..m * c).map(|i| i as f32 * 0.1 - 1.0).collect();
         let mut y = vec![1f32; m * n];
-        matmul_seq(&mut y, &w, &x, (m, c, n), true);
+        matmul_seq(&mut y, &w, (&x, n), (m, c, n), true);
         for (o, p) in [(0, 0), (3, 299), (2, 123)] {
             let want = 1.0 + (0..c).map(|k| w[o * c + k] * x[k * n + p]).sum::<f32>();
             assert!((y[o * n + p] - want).abs() < 1e-5);

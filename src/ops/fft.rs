@@ -315,6 +315,20 @@ impl CustomOp1 for Irfft2 {
 pub mod reference {
     use std::f64::consts::PI;
 
+    /// 1-D complex forward DFT.
+    pub fn dft(re: &[f64], im: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let n = re.len();
+        let mut out = (vec![0.0; n], vec![0.0; n]);
+        for k in 0..n {
+            for j in 0..n {
+                let a = -2.0 * PI * ((k * j) % n) as f64 / n as f64;
+                out.0[k] += re[j] * a.cos() - im[j] * a.sin();
+                out.1[k] += re[j] * a.sin() + im[j] * a.cos();
+            }
+        }
+        out
+    }
+
     /// Real `(h, w)` to the half spectrum `(re, im)`, each `(h, w/2+1)`.
     pub fn rfft2(x: &[f64], h: usize, w: usize) -> (Vec<f64>, Vec<f64>) {
         let wq = w / 2 + 1;
