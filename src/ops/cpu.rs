@@ -229,30 +229,24 @@ pub(crate) struct BranchWeights<'a> {
     pub(crate) reduce: &'a [f32],
 }
 
-/// The row pieces of each column tile of a `(rows, n)` matrix: `tiles[t][r]` is row `r`,
-/// columns `t * TILE..`.
-fn tiles_mut(x: &mut [f32], rows: usize, n: usize) -> Vec<Vec<&mut [f32]>> {
-    let mut tiles: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(TILE))
-        .map(|_| Vec::with_capacity(rows))
-        .collect();
-    for row in x[..rows * n].chunks_mut(n) {
-        for (tile, piece) in tiles.iter_mut().zip(row.chunks_mut(TILE)) {
+/// The row pieces of each column tile of a `(rows, n)` matrix, from each row's pieces:
+/// `tiles[t][r]` is row `r`, columns `t * TILE..`.
+fn tiles<P, R: Iterator<Item = P>>(rows: impl Iterator<Item = R>, n: usize) -> Vec<Vec<P>> {
+    let mut tiles: Vec<Vec<P>> = (0..n.div_ceil(TILE)).map(|_| vec![]).collect();
+    for row in rows {
+        for (tile, piece) in tiles.iter_mut().zip(row) {
             tile.push(piece);
         }
     }
     tiles
 }
 
+fn tiles_mut(x: &mut [f32], rows: usize, n: usize) -> Vec<Vec<&mut [f32]>> {
+    tiles(x[..rows * n].chunks_mut(n).map(|r| r.chunks_mut(TILE)), n)
+}
+
 fn tiles_ref(x: &[f32], rows: usize, n: usize) -> Vec<Vec<&[f32]>> {
-    let mut tiles: Vec<Vec<&[f32]>> = (0..n.div_ceil(TILE))
-        .map(|_| Vec::with_capacity(rows))
-        .collect();
-    for row in x[..rows * n].chunks(n) {
-        for (tile, piece) in tiles.iter_mut().zip(row.chunks(TILE)) {
-            tile.push(piece);
-        }
-    }
-    tiles
+    tiles(x[..rows * n].chunks(n).map(|r| r.chunks(TILE)), n)
 }
 
 /// Copies row pieces into `dst` as a contiguous `(rows, len)` matrix.
