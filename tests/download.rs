@@ -137,23 +137,30 @@ fn a_good_download_is_checked_saved_and_converted() {
     assert_eq!(server.requests(), ["/converse_dncnn.pth"]);
 }
 
+/// Fetches `file` from a server in `mode` into a fresh cache, which must fail and leave the
+/// cache empty: the URL and the error.
+fn failed_fetch(shared: &Path, mode: Mode, file: &str) -> (String, String) {
+    let server = Server::start(shared.join("weights"), mode, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let url = format!("{}/{file}", server.base);
+    let e = download::fetch(ModelKind::DnCNN, &url, &cache).unwrap_err();
+    assert!(listing(&cache).is_empty(), "{:?}", listing(&cache));
+    (url, format!("{e:#}"))
+}
+
 #[test]
 fn a_corrupt_download_is_deleted_and_both_checksums_named() {
     let Some(shared) = common::shared() else {
         return;
     };
-    let server = Server::start(shared.join("weights"), Mode::Corrupt, 1);
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("cache");
-    let url = format!("{}/converse_dncnn.pth", server.base);
-    let e = format!(
-        "{:#}",
-        download::fetch(ModelKind::DnCNN, &url, &cache).unwrap_err()
-    );
+    let (url, e) = failed_fetch(&shared, Mode::Corrupt, "converse_dncnn.pth");
 
+    // The server's corruption, reproduced here to name the checksum the error must quote.
     let mut bad = std::fs::read(pth(&shared)).unwrap();
     let mid = bad.len() / 2;
     bad[mid] ^= 1;
+    let tmp = tempfile::tempdir().unwrap();
     let bad_path = tmp.path().join("bad.pth");
     std::fs::write(&bad_path, bad).unwrap();
     let actual = converse_convert::sha256_file(&bad_path).unwrap();
@@ -165,7 +172,6 @@ fn a_corrupt_download_is_deleted_and_both_checksums_named() {
             ModelKind::DnCNN.sha256()
         )
     );
-    assert!(listing(&cache).is_empty(), "{:?}", listing(&cache));
 }
 
 #[test]
@@ -173,21 +179,13 @@ fn a_dropped_connection_is_an_error_and_leaves_nothing_behind() {
     let Some(shared) = common::shared() else {
         return;
     };
-    let server = Server::start(shared.join("weights"), Mode::DropMidBody, 1);
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("cache");
-    let url = format!("{}/converse_dncnn.pth", server.base);
-    let e = format!(
-        "{:#}",
-        download::fetch(ModelKind::DnCNN, &url, &cache).unwrap_err()
-    );
+    let (url, e) = failed_fetch(&shared, Mode::DropMidBody, "converse_dncnn.pth");
     let size = std::fs::metadata(pth(&shared)).unwrap().len();
     assert!(
         e.starts_with(&format!("the download of '{url}' broke off after "))
             && e.contains(&format!(" of {size} bytes: ")),
         "{e}"
     );
-    assert!(listing(&cache).is_empty(), "{:?}", listing(&cache));
 }
 
 #[test]
@@ -195,19 +193,11 @@ fn an_http_error_is_an_error_and_leaves_nothing_behind() {
     let Some(shared) = common::shared() else {
         return;
     };
-    let server = Server::start(shared.join("weights"), Mode::Good, 1);
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("cache");
-    let url = format!("{}/no_such_model.pth", server.base);
-    let e = format!(
-        "{:#}",
-        download::fetch(ModelKind::DnCNN, &url, &cache).unwrap_err()
-    );
+    let (url, e) = failed_fetch(&shared, Mode::Good, "no_such_model.pth");
     assert_eq!(
         e,
         format!("cannot download '{url}': the server answered HTTP 404")
     );
-    assert!(listing(&cache).is_empty(), "{:?}", listing(&cache));
 }
 
 #[test]
