@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use crate::eval::imresize::imresize;
 use crate::eval::metrics::psnr;
 use crate::eval::protocol::{from_tensor, to_tensor, Degradation, ImageF32, ImageU8};
 use crate::eval::run::save_u8;
+use crate::image_io::resize::imresize;
 use crate::kernel;
 use crate::restore::Task;
 use crate::weights::WeightsLocator;

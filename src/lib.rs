@@ -23,6 +23,7 @@ pub mod demo;
 pub mod device;
 pub mod download;
 pub mod eval;
+pub mod files;
 pub mod image_io;
 pub mod kernel;
 pub mod models;

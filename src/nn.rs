@@ -1,109 +1,28 @@
-//! Layers shared by the ConverseNet models (`LayerNorm`, 1x1 convolutions and `ConverseBlock` of
-//! the official `models/util_converse.py`).
+//! Layers shared by the ConverseNet models (`LayerNorm`, 1x1 convolutions, GELU and
+//! `ConverseBlock` of the official `models/util_converse.py`).
+//!
+//! The layers with a fused kernel (GELU and `ConverseBlock`) pick their backend once per call
+//! with [`Backend::of`]; the composed candle ops are the reference.
 
-use candle_core::{DType, Module, Result, Tensor};
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::cpu;
-use crate::ops::{Converse2d, Converse2dConfig};
-
-/// Whether `x` runs on the f32 CPU fast path.
-pub(crate) fn fast(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
-
-/// One image's feature maps on the CPU fast path: `(c, h, w)` f32, contiguous.
-#[derive(Debug)]
-pub(crate) struct Planes {
-    pub(crate) data: Vec<f32>,
-    pub(crate) c: usize,
-    pub(crate) h: usize,
-    pub(crate) w: usize,
-}
-
-impl Planes {
-    /// From a `(C, H, W)` f32 CPU tensor.
-    pub(crate) fn from_tensor(x: &Tensor) -> Result<Self> {
-        let (c, h, w) = x.dims3()?;
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self { data, c, h, w })
-    }
-
-    /// As a `(1, C, H, W)` tensor.
-    pub(crate) fn into_tensor(self) -> Result<Tensor> {
-        let dev = candle_core::Device::Cpu;
-        Tensor::from_vec(self.data, (1, self.c, self.h, self.w), &dev)
-    }
-
-    pub(crate) fn pixels(&self) -> usize {
-        self.h * self.w
-    }
-}
-
-/// Runs `f(n, image)` on each image of `x` `(N, C, H, W)` on the fast path and stacks the
-/// results.
-pub(crate) fn per_image(
-    x: &Tensor,
-    mut f: impl FnMut(usize, Planes) -> Result<Planes>,
-) -> Result<Tensor> {
-    let outs = (0..x.dim(0)?)
-        .map(|n| f(n, Planes::from_tensor(&x.get(n)?)?)?.into_tensor())
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&outs, 0)
-}
-
-/// The buffer the blocks of one forward pass share: the hidden maps `(2c + 1, n)`, whose last
-/// row is ones (it carries the reducing 1x1's bias). Its memory is handed to the next forward
-/// pass when dropped ([`SPARE`]): fresh allocations this large come from the kernel page by page
-/// on every call, which costs more than the copy-free reuse.
-#[derive(Debug)]
-pub(crate) struct Workspace {
-    hidden: Vec<f32>,
-    shape: (usize, usize),
-}
-
-/// The memory of the last dropped [`Workspace`].
-static SPARE: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
-
-impl Default for Workspace {
-    fn default() -> Self {
-        let hidden = std::mem::take(&mut *SPARE.lock().unwrap_or_else(|e| e.into_inner()));
-        Self {
-            hidden,
-            shape: (0, 0),
-        }
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-        if self.hidden.capacity() > spare.capacity() {
-            *spare = std::mem::take(&mut self.hidden);
-        }
-    }
-}
-
-impl Workspace {
-    fn get(&mut self, c: usize, n: usize) -> &mut [f32] {
-        if self.shape != (c, n) {
-            let len = (2 * c + 1) * n;
-            if len > self.hidden.capacity() {
-                // Free the old buffer before allocating the new one.
-                self.hidden = Vec::new();
-                self.hidden.reserve_exact(len);
-            }
-            self.hidden.clear();
-            self.hidden.resize(len, 0.0);
-            self.hidden[2 * c * n..].fill(1.0);
-            self.shape = (c, n);
-        }
-        &mut self.hidden
-    }
-}
+use crate::ops::cpu::act;
+use crate::ops::cpu::branch::{converse_block, BlockWeights, BranchWeights, GRID_BUDGET};
+use crate::ops::{Backend, Converse2d, Converse2dConfig};
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+/// The contiguous f32 data of a CPU storage.
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("{op}: needs contiguous f32"),
+    }
 }
 
 /// Channels-first LayerNorm over dim 1 of `(N, C, H, W)` (`LayerNorm(data_format="channels_first")`).
@@ -152,28 +71,6 @@ impl Pointwise {
     }
 }
 
-impl Pointwise {
-    /// The fast path: `(cin, n)` planes to `(cout, n)`, then GELU if `act`.
-    pub(crate) fn forward_planes(&self, x: &Planes, act: bool) -> Result<Planes> {
-        let (cout, cin) = self.weight.dims2()?;
-        let n = x.pixels();
-        let mut data = vec![0.0; cout * n];
-        let w = self.weight.flatten_all()?.to_vec1::<f32>()?;
-        cpu::matmul(&mut data, &w, &x.data, (cout, cin, n));
-        let b = match &self.bias {
-            Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
-            None => vec![0.0; cout],
-        };
-        cpu::bias_act(&mut data, &b, n, act);
-        Ok(Planes {
-            data,
-            c: cout,
-            h: x.h,
-            w: x.w,
-        })
-    }
-}
-
 impl Module for Pointwise {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
@@ -183,6 +80,32 @@ impl Module for Pointwise {
             None => y,
         };
         y.reshape((n, (), h, w))
+    }
+}
+
+/// The exact (erf) GELU, `nn.GELU()`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gelu;
+
+impl Module for Gelu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match Backend::of(x) {
+            Backend::Fused => x.contiguous()?.apply_op1_no_bwd(self),
+            Backend::Reference => x.gelu_erf(),
+        }
+    }
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-fused"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        act::gelu_slice(x, &mut out);
+        Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
 
@@ -198,95 +121,23 @@ pub struct ConverseBlock {
     expand2: Pointwise,
     reduce2: Pointwise,
     alphas: Option<(Tensor, Tensor)>,
-    fast: Option<FastBlock>,
-}
-
-/// A `ConverseBlock`'s 1x1 weights for the f32 CPU path, folded in f64: each LayerNorm's affine
-/// into the expanding 1x1 after it, each `alpha` into the reducing 1x1, whose bias becomes an
-/// extra weight column (applied to the ones row of [`Workspace`]'s hidden maps).
-#[derive(Debug)]
-struct FastBlock {
-    branches: [FastBranch; 2],
-}
-
-#[derive(Debug)]
-struct FastBranch {
-    /// `(2c, c)` and `(2c)`.
-    expand: (Vec<f32>, Vec<f32>),
-    /// `(c, 2c + 1)`.
-    reduce: Vec<f32>,
-}
-
-impl FastBranch {
-    fn new(ln: &LayerNorm2d, e: &Pointwise, r: &Pointwise, alpha: Option<&Tensor>) -> Result<Self> {
-        let (c2, c) = e.weight.dims2()?;
-        let (lw, lb) = (values(&ln.weight)?, values(&ln.bias)?);
-        let (ew, rw) = (values(&e.weight)?, values(&r.weight)?);
-        let eb = match &e.bias {
-            Some(b) => values(b)?,
-            None => vec![0.0; c2],
-        };
-        let rb = match &r.bias {
-            Some(b) => values(b)?,
-            None => vec![0.0; c],
-        };
-        let alpha = match alpha {
-            Some(a) => values(a)?,
-            None => vec![1.0; c],
-        };
-        let mut expand = (Vec::with_capacity(c2 * c), Vec::with_capacity(c2));
-        for o in 0..c2 {
-            let row = &ew[o * c..(o + 1) * c];
-            expand
-                .0
-                .extend(row.iter().zip(&lw).map(|(w, s)| (w * s) as f32));
-            let shift: f64 = row.iter().zip(&lb).map(|(w, b)| w * b).sum();
-            expand.1.push((eb[o] + shift) as f32);
-        }
-        let mut reduce = Vec::with_capacity(c * (c2 + 1));
-        for o in 0..c {
-            let row = &rw[o * c2..(o + 1) * c2];
-            reduce.extend(row.iter().map(|w| (w * alpha[o]) as f32));
-            reduce.push((rb[o] * alpha[o]) as f32);
-        }
-        Ok(Self { expand, reduce })
-    }
-
-    /// `x += reduce(gelu(expand(norm(x))))`, with `mid` (the Converse2D and its GELU), if any,
-    /// run on the hidden maps in between.
-    fn forward(
-        &self,
-        x: &mut Planes,
-        ws: &mut Workspace,
-        mid: Option<impl FnOnce(&mut [f32]) -> Result<()>>,
-    ) -> Result<()> {
-        let (c, n) = (x.c, x.pixels());
-        let w = cpu::BranchWeights {
-            expand: &self.expand.0,
-            bias: &self.expand.1,
-            reduce: &self.reduce,
-        };
-        let Some(mid) = mid else {
-            cpu::branch(&mut x.data, (c, n), &w);
-            return Ok(());
-        };
-        let hidden = ws.get(c, n);
-        cpu::branch_expand(&x.data, hidden, (c, n), &w);
-        mid(&mut hidden[..2 * c * n])?;
-        cpu::branch_reduce(&mut x.data, hidden, (c, n), &w);
-        Ok(())
-    }
+    /// The 1x1 weights with LayerNorm and `alpha` folded in, for the fused kernel; made on its
+    /// first use.
+    folded: OnceLock<BlockWeights>,
 }
 
 impl ConverseBlock {
-    /// `channels` in and out; the Converse2D runs on `2 * channels`. With `alpha`, loads the
-    /// per-channel branch scales `alpha1` and `alpha2` `(1, C, 1, 1)`.
+    /// `channels` in and out; the Converse2D (scale 1) runs on `2 * channels`. With `alpha`,
+    /// loads the per-channel branch scales `alpha1` and `alpha2` `(1, C, 1, 1)`.
     pub fn new(
         channels: usize,
         converse: Converse2dConfig,
         alpha: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
+        if converse.scale != 1 {
+            candle_core::bail!("ConverseBlock: the Converse2D of a block has scale 1")
+        }
         let c2 = 2 * channels;
         let (b1, b2) = (vb.pp("conv1"), vb.pp("conv2"));
         let alphas = if alpha {
@@ -297,7 +148,7 @@ impl ConverseBlock {
         } else {
             None
         };
-        let mut block = Self {
+        Ok(Self {
             ln1: LayerNorm2d::new(channels, 1e-5, b1.pp(0))?,
             expand1: Pointwise::new(channels, c2, true, b1.pp(1))?,
             converse: Converse2d::new(c2, converse, b1.pp(3))?,
@@ -306,53 +157,49 @@ impl ConverseBlock {
             expand2: Pointwise::new(channels, c2, true, b2.pp(1))?,
             reduce2: Pointwise::new(c2, channels, true, b2.pp(3))?,
             alphas,
-            fast: None,
-        };
-        if fast(&block.ln1.weight) && converse.scale == 1 {
-            let (a1, a2) = match &block.alphas {
-                Some((a1, a2)) => (Some(a1), Some(a2)),
-                None => (None, None),
+            folded: OnceLock::new(),
+        })
+    }
+
+    /// The block's Converse2D layer.
+    pub fn converse(&self) -> &Converse2d {
+        &self.converse
+    }
+
+    fn folded(&self) -> Result<&BlockWeights> {
+        if let Some(w) = self.folded.get() {
+            return Ok(w);
+        }
+        let branch = |ln: &LayerNorm2d, e: &Pointwise, r: &Pointwise, a: Option<&Tensor>| {
+            let (c2, c) = e.weight.dims2()?;
+            let bias = |b: &Option<Tensor>, n: usize| match b {
+                Some(b) => values(b),
+                None => Ok(vec![0.0; n]),
             };
-            block.fast = Some(FastBlock {
-                branches: [
-                    FastBranch::new(&block.ln1, &block.expand1, &block.reduce1, a1)?,
-                    FastBranch::new(&block.ln2, &block.expand2, &block.reduce2, a2)?,
-                ],
-            });
-        }
-        Ok(block)
-    }
-
-    /// Whether [`Self::forward_planes`] can run (the block was built in f32 on the CPU).
-    pub(crate) fn is_fast(&self) -> bool {
-        self.fast.is_some()
-    }
-
-    /// The fast path, in place on one image's planes.
-    pub(crate) fn forward_planes(&self, x: &mut Planes, ws: &mut Workspace) -> Result<()> {
-        let Some(fast) = &self.fast else {
-            candle_core::bail!("ConverseBlock: no fast path (built in f64 or off the CPU)")
+            let alpha = match a {
+                Some(a) => values(a)?,
+                None => vec![1.0; c],
+            };
+            Ok::<_, candle_core::Error>(BranchWeights::fold(
+                (&values(&ln.weight)?, &values(&ln.bias)?),
+                (&values(&e.weight)?, &bias(&e.bias, c2)?),
+                (&values(&r.weight)?, &bias(&r.bias, c)?),
+                &alpha,
+            ))
         };
-        let hw = (x.h, x.w);
-        let [b1, b2] = &fast.branches;
-        b1.forward(
-            x,
-            ws,
-            Some(|h: &mut [f32]| self.converse.solve_planes(h, hw, true)),
-        )?;
-        b2.forward(x, ws, None::<fn(&mut [f32]) -> Result<()>>)
+        let (a1, a2) = match &self.alphas {
+            Some((a1, a2)) => (Some(a1), Some(a2)),
+            None => (None, None),
+        };
+        let w = BlockWeights {
+            converse: branch(&self.ln1, &self.expand1, &self.reduce1, a1)?,
+            plain: branch(&self.ln2, &self.expand2, &self.reduce2, a2)?,
+        };
+        Ok(self.folded.get_or_init(|| w))
     }
-}
 
-impl Module for ConverseBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.is_fast() && fast(x) {
-            let mut ws = Workspace::default();
-            return per_image(x, |_, mut p| {
-                self.forward_planes(&mut p, &mut ws)?;
-                Ok(p)
-            });
-        }
+    /// The composed candle ops.
+    fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.expand1.forward(&self.ln1.forward(x)?)?.gelu_erf()?;
         let h = self.converse.forward(&h)?.gelu_erf()?;
         let h = self.reduce1.forward(&h)?;
@@ -366,5 +213,121 @@ impl Module for ConverseBlock {
             Some((_, a2)) => h.broadcast_mul(a2)? + x,
             None => h + x,
         }
+    }
+}
+
+impl Module for ConverseBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match Backend::of(x) {
+            Backend::Fused => x.contiguous()?.apply_op1_no_bwd(&FusedBlock(self)),
+            Backend::Reference => self.forward_reference(x),
+        }
+    }
+}
+
+/// The fused kernel of a [`ConverseBlock`] ([`converse_block`]).
+struct FusedBlock<'a>(&'a ConverseBlock);
+
+impl CustomOp1 for FusedBlock<'_> {
+    fn name(&self) -> &'static str {
+        "converse-block-fused"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l, self.name())?;
+        let (_, c, h, w) = l.shape().dims4()?;
+        let block = self.0;
+        let (cw, cin) = block.expand1.weight.dims2()?;
+        if cin != c || cw != 2 * c {
+            candle_core::bail!("ConverseBlock: {c} channels in, the block takes {cin}")
+        }
+        let (geo, filters) = block.converse.fused((h, w))?;
+        let mut out = vec![0f32; x.len()];
+        let weights = block.folded()?;
+        converse_block(
+            x,
+            &mut out,
+            (c, h, w),
+            weights,
+            (&geo, filters),
+            GRID_BUDGET,
+        )?;
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::with_reference;
+    use candle_core::Device;
+    use candle_nn::VarBuilder;
+    use std::collections::HashMap;
+
+    fn block(c: usize, alpha: bool) -> ConverseBlock {
+        let dev = Device::Cpu;
+        let mut t = HashMap::new();
+        let mut put = |name: &str, shape: &[usize], lo: f32, hi: f32| {
+            let v = Tensor::rand(lo, hi, shape, &dev).unwrap();
+            t.insert(name.to_owned(), v);
+        };
+        for (b, e, r) in [
+            ("conv1", "conv1.1", "conv1.5"),
+            ("conv2", "conv2.1", "conv2.3"),
+        ] {
+            put(&format!("{b}.0.weight"), &[c], 0.5, 1.5);
+            put(&format!("{b}.0.bias"), &[c], -0.2, 0.2);
+            put(&format!("{e}.weight"), &[2 * c, c, 1, 1], -0.3, 0.3);
+            put(&format!("{e}.bias"), &[2 * c], -0.1, 0.1);
+            put(&format!("{r}.weight"), &[c, 2 * c, 1, 1], -0.3, 0.3);
+            put(&format!("{r}.bias"), &[c], -0.1, 0.1);
+        }
+        put("conv1.3.weight", &[1, 2 * c, 5, 5], 0.0, 0.08);
+        put("conv1.3.bias", &[1, 2 * c, 1, 1], 3.0, 6.0);
+        if alpha {
+            put("alpha1", &[1, c, 1, 1], 0.2, 1.0);
+            put("alpha2", &[1, c, 1, 1], 0.2, 1.0);
+        }
+        let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
+        let cfg = Converse2dConfig {
+            kernel_size: 5,
+            scale: 1,
+            padding: 3,
+            padding_mode: crate::ops::PaddingMode::Reflect,
+            eps: 1e-5,
+        };
+        ConverseBlock::new(c, cfg, alpha, vb).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap();
+        d.max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The fused block against the reference: whole channel groups and a partial one, one pass
+    /// over the groups and one group at a time, two images, tiles of whole rows and of pieces.
+    #[test]
+    fn fused_block_matches_the_reference() {
+        for (c, alpha, (h, w)) in [(24, false, (9, 300)), (5, true, (13, 11))] {
+            let block = block(c, alpha);
+            let x = Tensor::rand(-1f32, 1.0, (2, c, h, w), &Device::Cpu).unwrap();
+            let want = with_reference(|| block.forward(&x).unwrap());
+            let got = block.forward(&x).unwrap();
+            assert!(max_diff(&got, &want) < 2e-5, "c={c} one pass");
+            let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut out = vec![0f32; data.len()];
+            let (geo, filters) = block.converse.fused((h, w)).unwrap();
+            let weights = block.folded().unwrap();
+            converse_block(&data, &mut out, (c, h, w), weights, (&geo, filters), 0).unwrap();
+            let got = Tensor::from_vec(out, (2, c, h, w), &Device::Cpu).unwrap();
+            assert!(max_diff(&got, &want) < 2e-5, "c={c} a group at a time");
+        }
+    }
+
+    #[test]
+    fn gelu_layer_matches_the_reference() {
+        let x = Tensor::rand(-6f32, 6.0, (3, 1000), &Device::Cpu).unwrap();
+        let want = with_reference(|| Gelu.forward(&x).unwrap());
+        assert!(max_diff(&Gelu.forward(&x).unwrap(), &want) < 2e-6);
     }
 }

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 
-use crate::eval::imresize::imresize;
+use crate::image_io::resize::imresize;
 use crate::image_io::Picture;
 use crate::kernel::Kernel;
 use crate::models::{Model, ModelKind};
@@ -140,10 +140,6 @@ impl Restorer {
             device,
             options,
         })
-    }
-
-    pub fn options(&self) -> &Options {
-        &self.options
     }
 
     /// Restores a picture. Colour and depth follow the input (gray stays gray); alpha is passed
@@ -394,9 +390,6 @@ mod tests {
     }
 }
 
-/// File extensions `restore` picks up in folders.
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"];
-
 /// One image to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -404,9 +397,10 @@ pub struct Job {
     pub output: std::path::PathBuf,
 }
 
-/// Pairs inputs with outputs. A file goes to a file, a folder to a folder (its images, sorted,
-/// with `recursive` those of its subfolders too, keeping the relative structure). With `ext`, the
-/// outputs of a folder run take that extension.
+/// Pairs inputs with outputs. A file goes to a file, a folder to a folder (its images in the
+/// order of [`crate::image_io::list_images`], with `recursive` those of its subfolders too,
+/// keeping the relative structure). With `ext`, the outputs of a folder run take that
+/// extension.
 pub fn plan(
     input: &std::path::Path,
     output: &std::path::Path,
@@ -435,25 +429,7 @@ pub fn plan(
             output.display()
         )
     }
-    let mut files = vec![];
-    let mut dirs = vec![input.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list '{}'", d.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                if recursive {
-                    dirs.push(p);
-                }
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = crate::image_io::list_images(input, recursive)?;
     if files.is_empty() {
         bail!(
             "no images in '{}'{}",

@@ -128,7 +128,7 @@ impl WeightsLocator {
         }
         let (info, bytes) = converse_convert::convert_to_bytes(
             pth,
-            &ModelKind::specs(),
+            &ModelKind::specs()?,
             converse_convert::Limits::from_env()?,
         )?;
         if info.model != kind.id() {

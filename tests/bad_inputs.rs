@@ -258,7 +258,7 @@ fn bad_inputs_fail_with_clear_errors_and_no_panic() {
     let mut bomb = b"\x80\x02]q\x00".to_vec();
     bomb.extend(b"h\x00h\x00\x86q\x00".repeat(48));
     bomb.push(b'.');
-    let conversenet = ModelKind::ConverseNet.spec();
+    let conversenet = ModelKind::ConverseNet.spec().unwrap();
     let mut params: Vec<(&str, &[usize], usize)> = conversenet
         .params
         .iter()
@@ -544,7 +544,7 @@ fn write_fuzz_seeds() {
     seed("checkpoint", "toy.pkl", &[1], &pickle(TOY));
 
     let dev = Device::Cpu;
-    let spec = ModelKind::DnCNN.spec();
+    let spec = ModelKind::DnCNN.spec().unwrap();
     let first: Vec<(&str, candle_core::Tensor)> = spec.params[..2]
         .iter()
         .map(|p| {

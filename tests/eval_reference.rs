@@ -100,9 +100,11 @@ fn run(shared: &Path, task: &str, with_kernel: Option<bool>) {
             }
             _ => None,
         };
+        let images = converse::eval::protocol::list_images(&dataset).unwrap();
         let spec = EvalSpec {
             task,
             dataset: &dataset,
+            images: &images,
             degradation,
             kernel_name: r["kernel"].as_str().map(str::to_owned),
             model_kernel,

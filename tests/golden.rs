@@ -17,6 +17,17 @@ fn verifier(shared: &std::path::Path, cache: &std::path::Path, dtype: DType) -> 
 
 #[test]
 fn f32_meets_the_bound_on_every_case() {
+    f32_meets_the_bound("fused");
+}
+
+/// The reference backend, the composed candle ops a GPU runs, here on the CPU in f32 (with the
+/// CPU FFT): the device path's own code, tested where CI has no GPU.
+#[test]
+fn f32_reference_backend_meets_the_bound_on_every_case() {
+    converse::ops::with_reference(|| f32_meets_the_bound("reference"));
+}
+
+fn f32_meets_the_bound(backend: &str) {
     let Some(shared) = common::shared() else {
         return;
     };
@@ -27,7 +38,7 @@ fn f32_meets_the_bound_on_every_case() {
     for f in &files {
         let r = v.run(f).unwrap();
         println!(
-            "{:<28} ours {:.3e}  official f32 {:.3e}  bound {:.3e}",
+            "{backend:<9} {:<28} ours {:.3e}  official f32 {:.3e}  bound {:.3e}",
             r.name,
             r.max_abs_err,
             r.official,
@@ -35,7 +46,7 @@ fn f32_meets_the_bound_on_every_case() {
         );
         assert!(
             r.passed(),
-            "{}: {:.3e} > {:.3e}",
+            "{backend} {}: {:.3e} > {:.3e}",
             r.name,
             r.max_abs_err,
             r.bound()

@@ -534,24 +534,36 @@ pub fn mismatches(tensors: &BTreeMap<String, Tensor>, spec: &ModelSpec) -> Vec<M
     problems
 }
 
+/// The temporary name [`write_atomic`] writes `dest` under: hidden, beside it, unique to this
+/// process (`.NAME.converse-PID.tmp`).
+pub fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.join(format!(".{name}.converse-{}.tmp", std::process::id()))
+}
+
+/// The process id in a name made by [`temp_path`].
+pub fn temp_owner(file_name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    rest.rsplit_once(".converse-")?.1.parse().ok()
+}
+
 /// Writes `bytes` to `dest` through a temporary file in the same folder, then renames it.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let err = |source| Error::Write {
         path: dest.to_owned(),
         source,
     };
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = dest
-        .file_name()
-        .ok_or_else(|| err(std::io::Error::other("not a file name")))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    if dest.file_name().is_none() {
+        return Err(err(std::io::Error::other("not a file name")));
+    }
+    let tmp = temp_path(dest);
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;

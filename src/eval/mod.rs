@@ -1,12 +1,11 @@
 //! Exact reproductions of the degradations and metrics used by the official
 //! ConverseNet / KAIR test scripts: numpy's legacy Gaussian noise, KAIR's
-//! MATLAB-style bicubic `imresize_np`, `scipy.ndimage.convolve` with wrap
+//! MATLAB-style bicubic `imresize_np` ([`crate::image_io::resize`]), `scipy.ndimage.convolve` with wrap
 //! borders, and KAIR's PSNR / SSIM / RGB→Y.
 //!
 //! Images are flat buffers in numpy's C order for an `(H, W, C)` array.
 
 pub mod blur;
-pub mod imresize;
 pub mod metrics;
 pub mod numpy_rng;
 pub mod protocol;

@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::{Device, Tensor};
 use image::DynamicImage;
 
-use super::{blur, imresize, modcrop, numpy_rng};
+use super::{blur, modcrop, numpy_rng};
+use crate::image_io::resize as imresize;
 use crate::image_io::{self, quantize_u8};
 use crate::kernel::Kernel;
 
@@ -30,49 +31,13 @@ pub struct ImageF32 {
     pub data: Vec<f32>,
 }
 
-/// The file extensions the official `get_image_paths` accepts.
-const EXTENSIONS: [&str; 11] = [
-    ".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".ppm", ".PPM", ".bmp", ".BMP", ".tif",
-];
-
 /// The images of a dataset folder, recursively, in the official order (sorted folders, sorted
 /// names).
 pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("dataset '{}' is not a folder", dir.display())
     }
-    let mut out = vec![];
-    let mut stack = vec![dir.to_owned()];
-    let mut dirs = vec![];
-    while let Some(d) = stack.pop() {
-        dirs.push(d.clone());
-        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list '{}'", d.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    dirs.sort();
-    for d in dirs {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&d)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .filter(|p| {
-                let n = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default();
-                EXTENSIONS.iter().any(|e| n.ends_with(e))
-            })
-            .collect();
-        files.sort();
-        out.extend(files);
-    }
-    if out.is_empty() {
-        bail!("dataset '{}' has no images", dir.display())
-    }
-    Ok(out)
+    image_io::list_images(dir, true)
 }
 
 /// OpenCV's 8-bit RGB to gray: `(4899 R + 9617 G + 1868 B + 8192) >> 14`.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::metrics::{psnr, rgb_to_y, ssim};
-use super::protocol::{from_tensor, list_images, read_u8, to_tensor, Degradation, ImageU8};
+use super::protocol::{from_tensor, read_u8, to_tensor, Degradation, ImageU8};
 use crate::image_io::{self, BitDepth, Format, Picture};
 use crate::models::Model;
 
@@ -53,6 +53,8 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 pub struct EvalSpec<'a> {
     pub task: &'a str,
     pub dataset: &'a Path,
+    /// Its images, in order ([`super::protocol::list_images`]).
+    pub images: &'a [PathBuf],
     pub degradation: Degradation,
     /// Name of the kernel file, for the report.
     pub kernel_name: Option<String>,
@@ -65,17 +67,15 @@ pub struct EvalSpec<'a> {
     pub save: Option<&'a Path>,
 }
 
-/// Evaluates `model` on every image of `spec.dataset`; `progress` is told each image's name
-/// before it runs.
+/// Evaluates `model` on `spec.images`; `progress` is told each image's name before it runs.
 pub fn evaluate(
     model: &Model,
     spec: &EvalSpec,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<EvalRun> {
-    let paths = list_images(spec.dataset)?;
     let deg = &spec.degradation;
     let mut images = vec![];
-    for path in &paths {
+    for path in spec.images {
         let name = path
             .strip_prefix(spec.dataset)
             .unwrap_or(path)

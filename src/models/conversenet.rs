@@ -8,8 +8,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{self, ConverseBlock, Planes, Pointwise, Workspace};
-use crate::ops::{Converse2dConfig, PaddingMode};
+use crate::nn::{ConverseBlock, Pointwise};
+use crate::ops::{Converse2d, Converse2dConfig, PaddingMode};
 
 /// Hyperparameters of `ConverseNet` (and of the prior of `ConverseUSRNet`).
 #[derive(Debug, Clone, PartialEq)]
@@ -57,12 +57,8 @@ impl BlockStack {
 }
 
 impl BlockStack {
-    pub(crate) fn is_fast(&self) -> bool {
-        self.0.iter().all(|b| b.is_fast())
-    }
-
-    pub(crate) fn forward_planes(&self, x: &mut Planes, ws: &mut Workspace) -> Result<()> {
-        self.0.iter().try_for_each(|b| b.forward_planes(x, ws))
+    pub(crate) fn converse_layers(&self) -> impl Iterator<Item = &Converse2d> {
+        self.0.iter().map(ConverseBlock::converse)
     }
 }
 
@@ -92,20 +88,16 @@ impl ConverseNet {
     }
 }
 
+impl ConverseNet {
+    /// The Converse2D layers.
+    pub fn converse_layers(&self) -> Vec<&Converse2d> {
+        self.p.converse_layers().collect()
+    }
+}
+
 impl Module for ConverseNet {
     /// `x`: `(N, 3, H, W)` blurred image in [0, 1]; returns the deblurred image.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if nn::fast(x) && self.p.is_fast() {
-            return nn::per_image(x, |_, x| {
-                let mut h = self.conv1.forward_planes(&x, false)?;
-                let mut ws = Workspace::default();
-                for _ in 0..self.num_iterations {
-                    self.p.forward_planes(&mut h, &mut ws)?;
-                }
-                drop(ws);
-                self.conv2.forward_planes(&h, false)
-            });
-        }
         let mut h = self.conv1.forward(x)?;
         for _ in 0..self.num_iterations {
             h = self.p.forward(&h)?;

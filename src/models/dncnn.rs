@@ -7,8 +7,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{self, ConverseBlock, Pointwise, Workspace};
-use crate::ops::{Converse2dConfig, PaddingMode};
+use crate::nn::{ConverseBlock, Pointwise};
+use crate::ops::{Converse2d, Converse2dConfig, PaddingMode};
 
 /// Hyperparameters of `ConverseDnCNN`.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,20 +74,16 @@ impl ConverseDnCNN {
     }
 }
 
+impl ConverseDnCNN {
+    /// The Converse2D layers.
+    pub fn converse_layers(&self) -> Vec<&Converse2d> {
+        self.body.iter().map(ConverseBlock::converse).collect()
+    }
+}
+
 impl Module for ConverseDnCNN {
     /// `x`: `(N, C, H, W)` noisy image in [0, 1]; returns the denoised image.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if nn::fast(x) && self.body.iter().all(|b| b.is_fast()) {
-            return nn::per_image(x, |_, x| {
-                let mut h = self.head.forward_planes(&x, false)?;
-                let mut ws = Workspace::default();
-                for block in &self.body {
-                    block.forward_planes(&mut h, &mut ws)?;
-                }
-                drop(ws);
-                self.tail.forward_planes(&h, false)
-            });
-        }
         let mut h = self.head.forward(x)?;
         for block in &self.body {
             h = block.forward(&h)?;

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Shape, Tensor};
+
+use crate::ops::Converse2d;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use converse_convert::{ModelSpec, ParamSpec};
@@ -89,11 +91,10 @@ impl ModelKind {
         }
     }
 
-    /// The parameter list, read off the model code itself.
-    pub fn spec(self) -> ModelSpec {
+    /// The parameter list, read off the model code itself (built on zeros).
+    pub fn spec(self) -> candle_core::Result<ModelSpec> {
         let store = Arc::new(ParamStore::recording());
-        // Building on zeros cannot fail: the shapes come from the code.
-        let _ = Model::build(self, &store, DType::F32, &Device::Cpu);
+        Model::build(self, &store, DType::F32, &Device::Cpu)?;
         let params = store
             .seen
             .lock()
@@ -104,18 +105,18 @@ impl ModelKind {
                 shape: shape.dims().to_vec(),
             })
             .collect();
-        ModelSpec {
+        Ok(ModelSpec {
             id: self.id().to_owned(),
             hyperparameters: vec![
                 ("class".into(), self.class().into()),
                 ("architecture".into(), self.architecture()),
             ],
             params,
-        }
+        })
     }
 
     /// Specs of all four released models.
-    pub fn specs() -> Vec<ModelSpec> {
+    pub fn specs() -> candle_core::Result<Vec<ModelSpec>> {
         Self::ALL.iter().map(|k| k.spec()).collect()
     }
 }
@@ -297,6 +298,25 @@ impl Model {
         Self::from_tensors(kind, tensors, dtype, dev)
     }
 
+    /// The model's Converse2D layers with learned kernels.
+    pub fn converse_layers(&self) -> Vec<&Converse2d> {
+        match self {
+            Self::DnCNN(m) => m.converse_layers(),
+            Self::SRResNet(m) => m.converse_layers(),
+            Self::ConverseNet(m) => m.converse_layers(),
+            Self::USRNet(m) => m.converse_layers(),
+        }
+    }
+
+    /// Drops the transfer functions the model's Converse2D layers keep and stops keeping new
+    /// ones until the next call; they also go when the model is dropped.
+    pub fn clear_caches(&self) {
+        for layer in self.converse_layers() {
+            layer.keep_transfer_functions(false);
+            layer.clear_cache();
+        }
+    }
+
     pub fn kind(&self) -> ModelKind {
         match self {
             Self::DnCNN(_) => ModelKind::DnCNN,
@@ -317,6 +337,10 @@ impl Model {
             (Self::SRResNet(m), None) => m.forward(x)?,
             (Self::ConverseNet(m), None) => m.forward(x)?,
         };
+        // From the second call on, inputs of a size seen before reuse the transfer functions.
+        for layer in self.converse_layers() {
+            layer.keep_transfer_functions(true);
+        }
         Ok(y)
     }
 }

@@ -7,8 +7,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{self, ConverseBlock, Planes, Pointwise, Workspace};
-use crate::ops::cpu;
+use crate::nn::{ConverseBlock, Gelu, Pointwise};
 use crate::ops::{upsample_bilinear2d, Converse2d, Converse2dConfig, PaddingMode};
 
 /// Hyperparameters of `ConverseMSRResNet`.
@@ -93,48 +92,27 @@ impl ConverseMSRResNet {
     }
 }
 
+impl ConverseMSRResNet {
+    /// The Converse2D layers.
+    pub fn converse_layers(&self) -> Vec<&Converse2d> {
+        let blocks = [&self.upconv1, &self.upconv2, &self.conv_hres];
+        let blocks = self.conv_body.iter().chain(blocks);
+        let mut layers: Vec<&Converse2d> = blocks.map(ConverseBlock::converse).collect();
+        layers.extend([&self.up1, &self.up2]);
+        layers
+    }
+}
+
 impl Module for ConverseMSRResNet {
     /// `x`: `(N, 3, H, W)` in [0, 1]; returns `(N, 3, 4H, 4W)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fast = self
-            .conv_body
-            .iter()
-            .chain([&self.upconv1, &self.upconv2, &self.conv_hres]);
-        if nn::fast(x) && fast.clone().all(|b| b.is_fast()) {
-            let up = |h: Planes, up: &Converse2d| {
-                let s = up.config().scale;
-                Ok::<_, candle_core::Error>(Planes {
-                    data: up.solve_scaled(&h.data, (h.h, h.w), true)?,
-                    c: h.c,
-                    h: h.h * s,
-                    w: h.w * s,
-                })
-            };
-            let skip = upsample_bilinear2d(x, self.upscale)?;
-            return nn::per_image(x, |n, x| {
-                let mut ws = Workspace::default();
-                let mut h = self.conv_first.forward_planes(&x, true)?;
-                for block in &self.conv_body {
-                    block.forward_planes(&mut h, &mut ws)?;
-                }
-                self.upconv1.forward_planes(&mut h, &mut ws)?;
-                let mut h = up(h, &self.up1)?;
-                self.upconv2.forward_planes(&mut h, &mut ws)?;
-                let mut h = up(h, &self.up2)?;
-                self.conv_hres.forward_planes(&mut h, &mut ws)?;
-                drop(ws);
-                cpu::gelu_inplace(&mut h.data);
-                let y = self.conv_last.forward_planes(&h, false)?.into_tensor()?;
-                Planes::from_tensor(&(y + skip.narrow(0, n, 1)?)?.get(0)?)
-            });
-        }
-        let mut h = self.conv_first.forward(x)?.gelu_erf()?;
+        let mut h = Gelu.forward(&self.conv_first.forward(x)?)?;
         for block in &self.conv_body {
             h = block.forward(&h)?;
         }
-        let h = self.up1.forward(&self.upconv1.forward(&h)?)?.gelu_erf()?;
-        let h = self.up2.forward(&self.upconv2.forward(&h)?)?.gelu_erf()?;
-        let h = self.conv_hres.forward(&h)?.gelu_erf()?;
+        let h = Gelu.forward(&self.up1.forward(&self.upconv1.forward(&h)?)?)?;
+        let h = Gelu.forward(&self.up2.forward(&self.upconv2.forward(&h)?)?)?;
+        let h = Gelu.forward(&self.conv_hres.forward(&h)?)?;
         self.conv_last.forward(&h)? + upsample_bilinear2d(x, self.upscale)?
     }
 }

@@ -11,9 +11,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::conversenet::{self, BlockStack};
-use crate::nn::{self, Pointwise, Workspace};
-use crate::ops::converse2d::{lambda, solve, solve_planes};
-use crate::ops::PaddingMode;
+use crate::nn::Pointwise;
+use crate::ops::converse2d::{lambda, solve};
+use crate::ops::{Converse2d, PaddingMode};
 
 /// Hyperparameters of `ConverseUSRNet`.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,33 +77,58 @@ impl Module for KernelNet {
     }
 }
 
+/// The data module `d`: a Converse2D solve (scale 1, no padding, circular) with the kernels
+/// made from the blur kernel's embedding and a learned `λ = sigmoid(alpha - 9) + eps`.
+#[derive(Debug)]
+struct DataModule {
+    lambda: Tensor,
+}
+
+impl DataModule {
+    fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let alpha = vb.get((1, channels, 1, 1), "alpha")?;
+        Ok(Self {
+            lambda: lambda(&alpha, eps)?,
+        })
+    }
+
+    /// `x` `(N, C, H, W)` with per-channel kernels `(1|N, C, k, k)`.
+    fn forward(&self, x: &Tensor, kernels: &Tensor) -> Result<Tensor> {
+        solve(x, kernels, &self.lambda, 1, 0, PaddingMode::Circular)
+    }
+}
+
 /// Converse-USRNet.
 #[derive(Debug)]
 pub struct ConverseUSRNet {
     kernelnet: KernelNet,
     convs: Vec<Pointwise>,
     conv1: Pointwise,
+    d: DataModule,
     p: BlockStack,
     conv2: Pointwise,
-    d_lambda: Tensor,
     kernel_size: usize,
 }
 
 impl ConverseUSRNet {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let f = cfg.prior.num_features;
-        let alpha = vb.pp("d").get((1, f, 1, 1), "alpha")?;
         Ok(Self {
             kernelnet: KernelNet::new(cfg, vb.pp("kernelnet"))?,
             convs: (0..cfg.prior.num_iterations)
                 .map(|i| Pointwise::new(cfg.kernel_maps, f, true, vb.pp("convs").pp(i)))
                 .collect::<Result<_>>()?,
             conv1: Pointwise::new(3, f, true, vb.pp("conv1"))?,
+            d: DataModule::new(f, cfg.data_eps, vb.pp("d"))?,
             p: BlockStack::new(&cfg.prior, true, vb.pp("p.m_body"))?,
             conv2: Pointwise::new(f, 3, true, vb.pp("conv2"))?,
-            d_lambda: lambda(&alpha, cfg.data_eps)?,
             kernel_size: cfg.kernel_size,
         })
+    }
+
+    /// The Converse2D layers with learned kernels (the prior's).
+    pub fn converse_layers(&self) -> Vec<&Converse2d> {
+        self.p.converse_layers().collect()
     }
 
     /// `x`: `(N, 3, H, W)` blurred image in [0, 1]; `kernel`: `(N|1, 1, k, k)` the blur kernel
@@ -117,36 +142,11 @@ impl ConverseUSRNet {
                 k = self.kernel_size
             )
         }
-        let maps = self.kernelnet.forward(&kernel.to_dtype(x.dtype())?)?;
-        if nn::fast(x) && self.p.is_fast() {
-            let ks = self
-                .convs
-                .iter()
-                .map(|conv| conv.forward(&maps))
-                .collect::<Result<Vec<_>>>()?;
-            let batched = maps.dim(0)? > 1;
-            return nn::per_image(x, |n, x| {
-                let mut h = self.conv1.forward_planes(&x, false)?;
-                let mut ws = Workspace::default();
-                let hw = (h.h, h.w);
-                for k in &ks {
-                    let k = if batched {
-                        k.narrow(0, n, 1)?
-                    } else {
-                        k.clone()
-                    };
-                    let (l, mode) = (&self.d_lambda, PaddingMode::Circular);
-                    solve_planes(&mut h.data, hw, &k, l, 0, mode, false)?;
-                    self.p.forward_planes(&mut h, &mut ws)?;
-                }
-                drop(ws);
-                self.conv2.forward_planes(&h, false)
-            });
-        }
+        let kernel = kernel.to_dtype(x.dtype())?.to_device(x.device())?;
+        let maps = self.kernelnet.forward(&kernel)?;
         let mut h = self.conv1.forward(x)?;
         for conv in &self.convs {
-            let k = conv.forward(&maps)?;
-            h = solve(&h, &k, &self.d_lambda, 1, 0, PaddingMode::Circular, None)?;
+            h = self.d.forward(&h, &conv.forward(&maps)?)?;
             h = self.p.forward(&h)?;
         }
         self.conv2.forward(&h)

@@ -1,6 +1,7 @@
 //! Spatial padding in the four modes of `torch.nn.functional.pad` (candle has only zero and
-//! replicate). Index maps are built on the host and applied with `index_select`, so the same
-//! code runs on every device.
+//! replicate). One padding-source map ([`PaddingMode::sources`]) serves both paths: applied with
+//! `index_select` here, so the same code runs on every device, and read directly by the fused CPU
+//! solve.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,8 +32,8 @@ impl PaddingMode {
         }
     }
 
-    /// Source index of padded position `i` (which may lie outside `0..n`); `None` for zeros.
-    pub(crate) fn source(self, i: isize, n: isize) -> Option<isize> {
+    /// Source index of position `i` (which may lie outside `0..n`); `None` for zeros.
+    fn source(self, i: isize, n: isize) -> Option<isize> {
         match self {
             Self::Circular => Some(i.rem_euclid(n)),
             Self::Replicate => Some(i.clamp(0, n - 1)),
@@ -45,6 +46,19 @@ impl PaddingMode {
             }),
             Self::Zeros => None,
         }
+    }
+
+    /// The padding-source map of a side of `n` padded by `p` on both ends: for each of the
+    /// `n + 2p` padded positions, the input position it copies, or `None` for a zero.
+    pub(crate) fn sources(self, n: usize, p: usize) -> Vec<Option<usize>> {
+        (0..n + 2 * p)
+            .map(|i| match i.checked_sub(p).filter(|&i| i < n) {
+                Some(i) => Some(i),
+                None => self
+                    .source(i as isize - p as isize, n as isize)
+                    .map(|s| s as usize),
+            })
+            .collect()
     }
 }
 
@@ -105,9 +119,10 @@ pub fn pad2d(x: &Tensor, p: usize, mode: PaddingMode) -> Result<Tensor> {
         out = if mode == PaddingMode::Zeros {
             out.pad_with_zeros(dim, p, p)?
         } else {
-            let idx: Vec<u32> = (-(p as isize)..(n + p) as isize)
-                .filter_map(|i| mode.source(i, n as isize))
-                .map(|i| i as u32)
+            let idx: Vec<u32> = mode
+                .sources(n, p)
+                .into_iter()
+                .map(|i| i.unwrap_or(0) as u32)
                 .collect();
             let idx = Tensor::from_vec(idx, n + 2 * p, out.device())?;
             out.index_select(&idx, dim)?
@@ -141,6 +156,12 @@ mod tests {
             [1., 1., 1., 2., 3., 4., 4., 4.]
         );
         assert_eq!(row(PaddingMode::Zeros, 1), [0., 1., 2., 3., 4., 0.]);
+        let map = PaddingMode::Reflect.sources(4, 2);
+        assert_eq!(map, [2, 1, 0, 1, 2, 3, 2, 1].map(Some));
+        assert_eq!(
+            PaddingMode::Zeros.sources(2, 1),
+            [None, Some(0), Some(1), None]
+        );
     }
 
     #[test]

@@ -14,23 +14,26 @@ pub enum OpKind {
     Fft,
     /// LayerNorm, GELU and their fused passes; work in values written.
     NormAct,
+    /// Building Converse2D transfer functions; work in frequencies built.
+    Transfer,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 3] = [Self::Gemm, Self::Fft, Self::NormAct];
+    pub const ALL: [OpKind; 4] = [Self::Gemm, Self::Fft, Self::NormAct, Self::Transfer];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Gemm => "gemm",
             Self::Fft => "fft",
             Self::NormAct => "norm_act",
+            Self::Transfer => "transfer",
         }
     }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
-static WORK: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static NANOS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static WORK: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 /// Turns the timers on or off.
 pub fn enable(on: bool) {
@@ -45,7 +48,7 @@ pub fn reset() {
 }
 
 /// Seconds and work counted per kind since the last [`reset`], in [`OpKind::ALL`] order.
-pub fn snapshot() -> [(f64, f64); 3] {
+pub fn snapshot() -> [(f64, f64); 4] {
     OpKind::ALL.map(|k| {
         let i = k as usize;
         (

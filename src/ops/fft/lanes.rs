@@ -1,129 +1,14 @@
-//! A complex FFT over vectors: [`LANES`] independent transforms at once, real and imaginary
-//! parts in separate arrays of [`V`]. Mixed radix, decimation in time, iterative (so that it
+//! A complex FFT over vectors: [`LANES`](crate::ops::cpu::simd::LANES) independent transforms
+//! at once, real and imaginary parts in separate arrays of [`V`]. Mixed radix, decimation in time, iterative (so that it
 //! inlines whole into the caller's AVX2 code); factors 4 and 2 have their own butterflies, odd
 //! factors use a direct DFT over conjugate pairs. rustfft handles one transform at a time and is
 //! 5x slower per point on sizes such as 268 = 4 x 67 that the Converse2D padding produces; here
-//! every operation works on `LANES` values, whatever the factors.
+//! every operation works on `LANES` values, whatever the factors. The CPU's fused Converse2D
+//! solve ([`crate::ops::cpu::solve`]) is its only user.
 
 use std::f64::consts::PI;
 
-/// f32 lanes per vector.
-pub(crate) const LANES: usize = 8;
-
-/// One value of each of [`LANES`] transforms.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-#[repr(C, align(32))]
-pub(crate) struct V(pub(crate) [f32; LANES]);
-
-/// Arithmetic on [`V`]: AVX2 + FMA where the CPU has them ([`Avx2`]), plain loops elsewhere
-/// ([`Plain`]). The generic code calls it through a value, so the fast one can only be used
-/// after the CPU check that creates it.
-pub(crate) trait Simd: Copy {
-    fn add(self, a: V, b: V) -> V;
-    fn sub(self, a: V, b: V) -> V;
-    fn mul(self, a: V, b: V) -> V;
-    /// `a * s`.
-    fn scale(self, a: V, s: f32) -> V;
-    /// `acc + a * s`.
-    fn madd(self, acc: V, a: V, s: f32) -> V;
-    /// `(a + ib)(c + id)`.
-    #[inline(always)]
-    fn cmul(self, a: V, b: V, c: V, d: V) -> (V, V) {
-        (
-            self.sub(self.mul(a, c), self.mul(b, d)),
-            self.add(self.mul(a, d), self.mul(b, c)),
-        )
-    }
-}
-
-/// Portable arithmetic.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Plain;
-
-impl Plain {
-    #[inline(always)]
-    fn zip(a: V, b: V, f: impl Fn(f32, f32) -> f32) -> V {
-        V(std::array::from_fn(|i| f(a.0[i], b.0[i])))
-    }
-}
-
-impl Simd for Plain {
-    #[inline(always)]
-    fn add(self, a: V, b: V) -> V {
-        Self::zip(a, b, |a, b| a + b)
-    }
-    #[inline(always)]
-    fn sub(self, a: V, b: V) -> V {
-        Self::zip(a, b, |a, b| a - b)
-    }
-    #[inline(always)]
-    fn mul(self, a: V, b: V) -> V {
-        Self::zip(a, b, |a, b| a * b)
-    }
-    #[inline(always)]
-    fn scale(self, a: V, s: f32) -> V {
-        V(a.0.map(|a| a * s))
-    }
-    #[inline(always)]
-    fn madd(self, acc: V, a: V, s: f32) -> V {
-        Self::zip(acc, a, |c, a| c + a * s)
-    }
-}
-
-/// AVX2 and FMA; exists only on CPUs that have them.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Avx2, Simd, V};
-    use std::arch::x86_64::*;
-
-    impl Avx2 {
-        /// `Some` if this CPU has AVX2 and FMA.
-        pub(crate) fn detect() -> Option<Self> {
-            let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            ok.then_some(Avx2(()))
-        }
-    }
-
-    #[inline(always)]
-    fn m(v: V) -> __m256 {
-        // SAFETY: `V` is 8 f32 with 32-byte alignment, the layout of `__m256`.
-        unsafe { std::mem::transmute::<V, __m256>(v) }
-    }
-
-    #[inline(always)]
-    fn v(m: __m256) -> V {
-        // SAFETY: as in `m`.
-        unsafe { std::mem::transmute::<__m256, V>(m) }
-    }
-
-    // SAFETY (each block below): an `Avx2` value exists only if `detect` found AVX2 and FMA.
-    impl Simd for Avx2 {
-        #[inline(always)]
-        fn add(self, a: V, b: V) -> V {
-            v(unsafe { _mm256_add_ps(m(a), m(b)) })
-        }
-        #[inline(always)]
-        fn sub(self, a: V, b: V) -> V {
-            v(unsafe { _mm256_sub_ps(m(a), m(b)) })
-        }
-        #[inline(always)]
-        fn mul(self, a: V, b: V) -> V {
-            v(unsafe { _mm256_mul_ps(m(a), m(b)) })
-        }
-        #[inline(always)]
-        fn scale(self, a: V, s: f32) -> V {
-            v(unsafe { _mm256_mul_ps(m(a), _mm256_set1_ps(s)) })
-        }
-        #[inline(always)]
-        fn madd(self, acc: V, a: V, s: f32) -> V {
-            v(unsafe { _mm256_fmadd_ps(m(a), _mm256_set1_ps(s), m(acc)) })
-        }
-    }
-}
+use crate::ops::cpu::simd::{Simd, V};
 
 /// `cos` and `sin` of `2 pi n k / p` for `n, k` in `1..=(p-1)/2`, row `k - 1`.
 #[derive(Debug)]
@@ -401,6 +286,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::cpu::simd::{Plain, LANES};
     use crate::ops::fft::reference;
 
     fn check_against_the_plain_dft<S: Simd>(s: S) {
@@ -453,7 +339,7 @@ mod tests {
     fn matches_the_plain_dft_forward_and_inverse() {
         check_against_the_plain_dft(Plain);
         #[cfg(target_arch = "x86_64")]
-        match Avx2::detect() {
+        match crate::ops::cpu::simd::Avx2::get() {
             Some(a) => check_against_the_plain_dft(a),
             None => println!("no AVX2 + FMA on this CPU: only the portable path checked"),
         }
@@ -477,43 +363,5 @@ mod tests {
         // DC bin: the sum of x[1 + 3i].
         let dc: f32 = (0..n).map(|i| (1 + 3 * i) as f32).sum();
         assert_eq!(re[0].0[0], dc);
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    fn run(
-        a: Avx2,
-        plan: &Plan,
-        x: (&[V], &[V]),
-        lines: usize,
-        out: (&mut [V], &mut [V]),
-        s: &mut [V],
-    ) {
-        for l in 0..lines {
-            plan.forward(a, x, (l % 8, 8), (&mut *out.0, &mut *out.1), s);
-        }
-    }
-
-    #[test]
-    #[ignore]
-    fn lane_fft_speed() {
-        for n in [256usize, 260, 268, 524, 130, 136, 67] {
-            let plan = Plan::new(n);
-            let x: Vec<V> = (0..8 * n + 8)
-                .map(|i| V([i as f32 * 0.01; LANES]))
-                .collect();
-            let (mut re, mut im) = (vec![V::default(); n], vec![V::default(); n]);
-            let mut s = vec![V::default(); plan.scratch_len()];
-            let lines = 20_000_000 / n / LANES;
-            let t = std::time::Instant::now();
-            let a = Avx2::detect().unwrap();
-            unsafe { run(a, &plan, (&x, &x), lines, (&mut re, &mut im), &mut s) };
-            let ns = t.elapsed().as_secs_f64() * 1e9 / (lines * n * LANES) as f64;
-            println!("n={n:4} {ns:.3} ns per complex point per lane");
-        }
     }
 }

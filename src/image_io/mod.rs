@@ -5,11 +5,49 @@
 //! limit before allocating them. Writing goes through a temporary file in the destination folder,
 //! then a rename.
 
-use std::io::{BufRead, BufWriter, Seek, Write};
+use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+pub mod resize;
+
+/// File extensions of the formats this build reads (any case).
+pub const EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"];
+
+/// Whether `path` has the extension of an image this build reads.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The images in `dir` (with `recursive`, in its subfolders too), in the official test
+/// scripts' order: folders sorted, and the names in each folder sorted.
+pub fn list_images(dir: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
+    let mut folders = vec![];
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let mut files = vec![];
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list '{}'", d.display()))? {
+            let p = e
+                .with_context(|| format!("cannot list '{}'", d.display()))?
+                .path();
+            if p.is_dir() {
+                if recursive {
+                    stack.push(p);
+                }
+            } else if is_image(&p) {
+                files.push(p);
+            }
+        }
+        files.sort();
+        folders.push((d, files));
+    }
+    folders.sort();
+    Ok(folders.into_iter().flat_map(|(_, f)| f).collect())
+}
 
 /// Default decoding limit: 16384 x 16384 pixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 16384 * 16384;
@@ -265,43 +303,6 @@ fn to_dynamic(pic: &Picture, format: Format) -> DynamicImage {
     }
 }
 
-/// A temporary path beside `dest`, hidden and unique to this process.
-pub fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    dir.join(format!(".{name}.converse-{}.tmp", std::process::id()))
-}
-
-/// Removes the temporary files [`write`] left in `dir` from runs that are no longer running: a
-/// process killed by SIGKILL or Ctrl-C cannot clean up after itself. A file whose process still
-/// runs (Linux: `/proc/PID` exists) is left alone. Errors are ignored.
-pub fn remove_stale_temps(dir: &Path) {
-    let dir = Some(dir)
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let pid = name.to_str().and_then(|n| {
-            let rest = n.strip_prefix('.')?.strip_suffix(".tmp")?;
-            rest.rsplit_once(".converse-")?.1.parse::<u32>().ok()
-        });
-        if pid
-            .is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// Writes `pic` to `dest` in `format` (JPEG at `quality`), atomically.
 pub fn write(pic: &Picture, dest: &Path, format: Format, quality: u8) -> anyhow::Result<()> {
     let img = to_dynamic(pic, format);
@@ -316,25 +317,17 @@ pub fn write(pic: &Picture, dest: &Path, format: Format, quality: u8) -> anyhow:
         }
         _ => img,
     };
-    let tmp = temp_path(dest);
-    let result = (|| -> anyhow::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut out = BufWriter::new(file);
-        if format == Format::Jpeg {
-            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-            img.write_with_encoder(enc)?;
-        } else {
-            img.write_to(&mut out, format.image_format())?;
-        }
-        out.flush()?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write '{}'", dest.display()))
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let encoded = if format == Format::Jpeg {
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
+        img.write_with_encoder(enc)
+    } else {
+        img.write_to(&mut bytes, format.image_format())
+    };
+    encoded
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(crate::files::write_atomic(dest, bytes.get_ref())?))
+        .with_context(|| format!("cannot write '{}'", dest.display()))
 }
 
 #[cfg(test)]
@@ -349,27 +342,6 @@ mod tests {
         assert_eq!(quantize_u8(0.5), 128);
         assert_eq!(quantize_u8(2.5 / 255.0), 2);
         assert_eq!(quantize_u8(f32::NAN), 0);
-    }
-
-    #[test]
-    fn stale_temporary_files_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let own = temp_path(&dir.path().join("b.png"));
-        let names = [".a.png.converse-4294967295.tmp", "c.png", ".d.tmp"];
-        for n in names {
-            std::fs::write(dir.path().join(n), b"x").unwrap();
-        }
-        std::fs::write(&own, b"x").unwrap();
-        remove_stale_temps(dir.path());
-        let mut left: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            [own, dir.path().join(".d.tmp"), dir.path().join("c.png")]
-        );
     }
 
     #[test]

@@ -1,0 +1,57 @@
+//! One module per command, each with `run(args) -> anyhow::Result<ExitCode>`.
+
+pub mod convert;
+pub mod degrade;
+pub mod demo;
+pub mod eval;
+pub mod restore;
+pub mod verify;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+
+use crate::cli::ModelArgs;
+use converse::device::DeviceSpec;
+use converse::eval::protocol::Degradation;
+use converse::kernel::Kernel;
+use converse::restore::Task;
+use converse::weights::WeightsLocator;
+
+impl ModelArgs {
+    /// The device asked for, or the default one, opened.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        self.device.unwrap_or_else(DeviceSpec::auto).open()
+    }
+
+    pub fn locator(&self) -> WeightsLocator {
+        WeightsLocator::new(self.weights.as_deref())
+    }
+}
+
+/// The degradation of `task` as the official scripts make it.
+pub fn degradation(
+    task: Task,
+    sigma: Option<f64>,
+    kernel: Option<&Kernel>,
+) -> anyhow::Result<Degradation> {
+    Ok(match task {
+        Task::Denoise => Degradation::Denoise {
+            sigma: sigma.unwrap_or(25.0),
+        },
+        Task::Sr => Degradation::Sr,
+        Task::Deblur => Degradation::Deblur {
+            kernel: kernel
+                .context(
+                    "--task deblur needs --kernel (a file, gaussian:SIGMA or motion:LENGTH,ANGLE)",
+                )?
+                .clone(),
+            sigma: sigma.unwrap_or(2.55),
+        },
+    })
+}
+
+/// A 2-D kernel as the `(1, 1, h, w)` float32 tensor the model takes.
+pub fn kernel_tensor(k: &Kernel, dev: &Device) -> anyhow::Result<Tensor> {
+    let v: Vec<f32> = k.data.iter().map(|v| *v as f32).collect();
+    Ok(Tensor::from_vec(v, (1, 1, k.height, k.width), dev)?)
+}

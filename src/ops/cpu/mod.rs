@@ -1,0 +1,22 @@
+//! The fused kernels of the CPU backend: f32, on contiguous channels-first planes.
+//!
+//! They compute what the reference layers compute op by op with candle (and what every other
+//! device and dtype runs), only with fewer passes over memory: LayerNorm's affine folds into the
+//! next 1x1, bias and GELU run right after each matrix product on a tile still in cache, residual
+//! adds accumulate inside the products, and the Converse2D solve (pad, FFT, filter, inverse FFT,
+//! crop, GELU) runs 16 channels at a time over vectors. Each kernel has its test against plain
+//! loops or the reference layer.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`simd`] | 8-lane vectors, AVX2 + FMA detection, [`simd::simd_fn!`] |
+//! | [`act`] | GELU |
+//! | [`gemm`] | matrix products on the calling thread |
+//! | [`branch`] | the fused `ConverseBlock` |
+//! | [`solve`] | the lane-batched Converse2D solve, its buffers and its transfer-function cache |
+
+pub(crate) mod act;
+pub(crate) mod branch;
+pub(crate) mod gemm;
+pub(crate) mod simd;
+pub(crate) mod solve;

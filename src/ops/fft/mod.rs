@@ -1,0 +1,182 @@
+//! Fourier transforms. Three implementations, each for one path, and a fourth for the tests:
+//!
+//! | what | where | used by |
+//! | --- | --- | --- |
+//! | [`rfft2`] / [`irfft2`], a candle op: real 2-D FFT over the last two dims, f32 and f64 | [`cpu`] (realfft/rustfft, plans cached, planes in parallel) | the reference Converse2D solve, so every device and dtype, and anyone's own code |
+//! | the lane FFT: complex 1-D FFTs over vectors of 8 f32 | [`lanes`] | the fused f32 CPU solve ([`crate::ops::cpu::solve`]) |
+//! | the separable DFT of a kernel's taps, in f64 | [`crate::ops::transfer`] | building transfer functions for both solves |
+//! | a plain O(N²) DFT | `reference` (tests only) | checking the others |
+
+pub(crate) mod cpu;
+pub(crate) mod lanes;
+#[cfg(test)]
+pub(crate) mod reference;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// Real 2-D FFT over the last two dims: `(.., H, W)` to the planar half spectrum
+/// `(.., 2, H, W/2+1)` (real part, then imaginary part), unnormalised.
+pub fn rfft2(x: &Tensor) -> Result<Tensor> {
+    if x.rank() < 2 {
+        candle_core::bail!("rfft2 needs at least 2 dims, got {:?}", x.shape())
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Rfft2)
+}
+
+/// Inverse of [`rfft2`]: `(.., 2, H, W/2+1)` to real `(.., H, width)`, normalised by `1/(H*W)`.
+pub fn irfft2(x: &Tensor, width: usize) -> Result<Tensor> {
+    let d = x.dims();
+    if d.len() < 3 || d[d.len() - 3] != 2 || d[d.len() - 1] != width / 2 + 1 {
+        candle_core::bail!(
+            "irfft2: shape {:?} is not a planar half spectrum of width {width}",
+            x.shape()
+        )
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Irfft2 { width })
+}
+
+/// Drops the cached CPU plans (a few KB per transform size). They are rebuilt when needed.
+pub fn clear_plans() {
+    cpu::clear_plans()
+}
+
+/// `(.., H, W)` -> `(.., 2, H, W/2+1)`.
+fn rfft_shape(dims: &[usize]) -> (usize, usize, Shape) {
+    let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let mut out = dims[..dims.len() - 2].to_vec();
+    out.extend([2, h, w / 2 + 1]);
+    (h, w, Shape::from(out))
+}
+
+/// `(.., 2, H, Wq)` -> `(.., H, width)`.
+fn irfft_shape(dims: &[usize], width: usize) -> (usize, Shape) {
+    let h = dims[dims.len() - 2];
+    let mut out = dims[..dims.len() - 3].to_vec();
+    out.extend([h, width]);
+    (h, Shape::from(out))
+}
+
+struct Rfft2;
+struct Irfft2 {
+    width: usize,
+}
+
+impl CustomOp1 for Rfft2 {
+    fn name(&self) -> &'static str {
+        "rfft2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (h, w, shape) = rfft_shape(l.dims());
+        let out = match s {
+            CpuStorage::F32(d) => CpuStorage::F32(cpu::rfft(contiguous(d, l)?, h, w)?),
+            CpuStorage::F64(d) => CpuStorage::F64(cpu::rfft(contiguous(d, l)?, h, w)?),
+            _ => candle_core::bail!("rfft2: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((out, shape))
+    }
+}
+
+impl CustomOp1 for Irfft2 {
+    fn name(&self) -> &'static str {
+        "irfft2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (h, shape) = irfft_shape(l.dims(), self.width);
+        let w = self.width;
+        let out = match s {
+            CpuStorage::F32(d) => CpuStorage::F32(cpu::irfft(contiguous(d, l)?, h, w)?),
+            CpuStorage::F64(d) => CpuStorage::F64(cpu::irfft(contiguous(d, l)?, h, w)?),
+            _ => candle_core::bail!("irfft2: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((out, shape))
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fft: input must be contiguous"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn noise(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_plain_dft_for_odd_even_and_prime_sizes() {
+        for &(h, w) in &[(1, 1), (4, 6), (5, 7), (6, 5), (13, 11), (8, 1), (2, 9)] {
+            let x = noise(3 * h * w, (h * 31 + w) as u64);
+            let t = Tensor::from_vec(x.clone(), (3, h, w), &Device::Cpu).unwrap();
+            let f = rfft2(&t).unwrap();
+            assert_eq!(f.dims(), &[3, 2, h, w / 2 + 1]);
+            let got = f.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let wq = w / 2 + 1;
+            for c in 0..3 {
+                let (re, im) = reference::rfft2(&x[c * h * w..(c + 1) * h * w], h, w);
+                let plane = &got[c * 2 * h * wq..(c + 1) * 2 * h * wq];
+                for k in 0..h * wq {
+                    assert!((plane[k] - re[k]).abs() < 1e-12, "re {h}x{w} at {k}");
+                    assert!(
+                        (plane[h * wq + k] - im[k]).abs() < 1e-12,
+                        "im {h}x{w} at {k}"
+                    );
+                }
+                let back = reference::irfft2(&re, &im, h, w);
+                for (a, b) in back.iter().zip(&x[c * h * w..(c + 1) * h * w]) {
+                    assert!((a - b).abs() < 1e-12);
+                }
+            }
+            let back = irfft2(&f, w).unwrap();
+            let back = back.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for (a, b) in back.iter().zip(&x) {
+                assert!((a - b).abs() < 1e-12, "round trip {h}x{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_round_trip_strided_input_and_errors() {
+        let x: Vec<f32> = noise(2 * 12 * 10, 7).iter().map(|v| *v as f32).collect();
+        let t = Tensor::from_vec(x.clone(), (1, 2, 12, 10), &Device::Cpu).unwrap();
+        let back = irfft2(&rfft2(&t).unwrap(), 10).unwrap();
+        assert_eq!(back.dims(), &[1, 2, 12, 10]);
+        let back = back.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in back.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        // A transposed (strided) and an offset view give the transforms of what they show.
+        let tt = t.transpose(2, 3).unwrap();
+        let want = rfft2(&tt.contiguous().unwrap()).unwrap();
+        let got = rfft2(&tt).unwrap();
+        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let off = t.narrow(1, 1, 1).unwrap();
+        let want = rfft2(&off.contiguous().unwrap()).unwrap();
+        let d = (rfft2(&off).unwrap() - want).unwrap().abs().unwrap();
+        assert_eq!(d.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let t = Tensor::zeros((3, 4), DType::U8, &Device::Cpu).unwrap();
+        assert!(rfft2(&t)
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported dtype"));
+        let t = Tensor::zeros((2, 4, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(irfft2(&t, 6).is_err());
+    }
+}
