@@ -119,3 +119,88 @@ fn model_cases_need_weights_and_say_where_they_looked() {
     );
     assert!(out.ends_with("0 passed, 1 failed\n"), "{out}");
 }
+
+/// `convert` never replaces its input, however the output is spelled: the same name through
+/// `./`, an absolute path, or a symbolic link.
+#[test]
+fn convert_never_replaces_its_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("a.pth");
+    // A real checkpoint when there is one: converting it would succeed and replace it.
+    match common::shared() {
+        Some(shared) => std::fs::copy(shared.join("weights/converse_dncnn.pth"), &input).map(drop),
+        None => std::fs::write(&input, b"a checkpoint"),
+    }
+    .unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let mut outputs = vec!["./a.pth".to_owned(), input.display().to_string()];
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&input, dir.join("link.pth")).unwrap();
+        outputs.push("link.pth".to_owned());
+    }
+    for out in outputs {
+        let o = converse(dir)
+            .current_dir(dir)
+            .args(["convert", "a.pth", "-o", &out])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{out}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is the input 'a.pth', which is never overwritten"),
+            "{out}: {}",
+            stderr(&o)
+        );
+        assert!(
+            std::fs::read(&input).unwrap() == before,
+            "{out}: the input changed"
+        );
+    }
+}
+
+#[test]
+fn eval_refuses_options_of_another_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (task, opt, msg) in [
+        (
+            "denoise",
+            "--with-kernel",
+            "--with-kernel is for --task deblur",
+        ),
+        ("sr", "--with-kernel", "--with-kernel is for --task deblur"),
+    ] {
+        let o = converse(tmp.path())
+            .args(["eval", "--task", task, "--dataset"])
+            .arg(tmp.path())
+            .arg(opt)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{task} {opt}");
+        assert_eq!(stderr(&o).trim(), format!("error: {msg}"));
+    }
+}
+
+/// `degrade` (like `eval` and `restore`) lists the formats this build reads, TIFF and WebP
+/// included, and nothing it cannot read.
+#[test]
+fn folders_list_the_formats_this_build_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let img = image::RgbImage::from_fn(24, 20, |x, y| image::Rgb([x as u8 * 9, y as u8 * 11, 90]));
+    for name in ["a.TIFF", "b.webp", "c.png"] {
+        img.save(input.join(name)).unwrap();
+    }
+    std::fs::write(input.join("d.ppm"), b"P6\n1 1\n255\n\x00\x00\x00").unwrap();
+    let out = tmp.path().join("out");
+    let o = converse(tmp.path())
+        .args(["degrade", "--task", "denoise", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(common::listing(&out), ["a.png", "b.png", "c.png"]);
+}

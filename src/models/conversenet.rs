@@ -62,9 +62,13 @@ impl BlockStack {
     }
 }
 
-impl Module for BlockStack {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.0.iter().try_fold(x.clone(), |h, b| b.forward(&h))
+impl BlockStack {
+    /// Takes `h` by value, so that each block's input is freed as soon as the block is done.
+    pub(crate) fn forward(&self, mut h: Tensor) -> Result<Tensor> {
+        for block in &self.0 {
+            h = block.forward(&h)?;
+        }
+        Ok(h)
     }
 }
 
@@ -100,7 +104,7 @@ impl Module for ConverseNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.conv1.forward(x)?;
         for _ in 0..self.num_iterations {
-            h = self.p.forward(&h)?;
+            h = self.p.forward(h)?;
         }
         self.conv2.forward(&h)
     }

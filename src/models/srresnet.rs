@@ -106,13 +106,18 @@ impl ConverseMSRResNet {
 impl Module for ConverseMSRResNet {
     /// `x`: `(N, 3, H, W)` in [0, 1]; returns `(N, 3, 4H, 4W)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Each step replaces `h`, so that no more than a layer's input and output are alive.
         let mut h = Gelu.forward(&self.conv_first.forward(x)?)?;
         for block in &self.conv_body {
             h = block.forward(&h)?;
         }
-        let h = Gelu.forward(&self.up1.forward(&self.upconv1.forward(&h)?)?)?;
-        let h = Gelu.forward(&self.up2.forward(&self.upconv2.forward(&h)?)?)?;
-        let h = Gelu.forward(&self.conv_hres.forward(&h)?)?;
+        for (block, up) in [(&self.upconv1, &self.up1), (&self.upconv2, &self.up2)] {
+            h = block.forward(&h)?;
+            h = up.forward(&h)?;
+            h = Gelu.forward(&h)?;
+        }
+        h = self.conv_hres.forward(&h)?;
+        h = Gelu.forward(&h)?;
         self.conv_last.forward(&h)? + upsample_bilinear2d(x, self.upscale)?
     }
 }

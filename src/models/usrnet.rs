@@ -147,7 +147,7 @@ impl ConverseUSRNet {
         let mut h = self.conv1.forward(x)?;
         for conv in &self.convs {
             h = self.d.forward(&h, &conv.forward(&maps)?)?;
-            h = self.p.forward(&h)?;
+            h = self.p.forward(h)?;
         }
         self.conv2.forward(&h)
     }

@@ -143,9 +143,9 @@ fn solve_with(
     }
 }
 
-/// The reference solve, composed of candle ops on any device: pad, zero-insert (at `s > 1`),
-/// `rfft2`, multiply by the planar transfer function `g` `(1|N, C, 2, s*hp, s*wp/2+1)`, `irfft2`,
-/// crop.
+/// The reference solve, composed of candle ops on any device: pad, `rfft2`, multiply by the
+/// planar transfer functions `g` `(1|N, C, s², 2, hp, wp/2+1)` of the output's `s²` phases,
+/// `irfft2`, interleave the phases, crop.
 pub(crate) fn solve_reference(
     x: &Tensor,
     g: &Tensor,
@@ -155,25 +155,26 @@ pub(crate) fn solve_reference(
 ) -> Result<Tensor> {
     let xp = pad2d(x, padding, mode)?;
     let (n, c, hp, wp) = xp.dims4()?;
-    let (hs, ws) = (s * hp, s * wp);
-    // The zero-inserted input: its spectrum is the small one tiled s x s times.
-    let xs = if s > 1 {
-        xp.reshape((n, c, hp, 1, wp, 1))?
-            .pad_with_zeros(3, 0, s - 1)?
-            .pad_with_zeros(5, 0, s - 1)?
-            .reshape((n, c, hs, ws))?
-    } else {
-        xp
-    };
-    let y = rfft2(&xs)?;
-    let (yr, yi) = (y.narrow(2, 0, 1)?, y.narrow(2, 1, 1)?);
-    let (gr, gi) = (g.narrow(2, 0, 1)?, g.narrow(2, 1, 1)?);
+    let y = rfft2(&xp)?.unsqueeze(2)?;
+    let (yr, yi) = (y.narrow(3, 0, 1)?, y.narrow(3, 1, 1)?);
+    let (gr, gi) = (g.narrow(3, 0, 1)?, g.narrow(3, 1, 1)?);
     let re = (yr.broadcast_mul(&gr)? - yi.broadcast_mul(&gi)?)?;
     let im = (yr.broadcast_mul(&gi)? + yi.broadcast_mul(&gr)?)?;
-    let out = irfft2(&Tensor::cat(&[&re, &im], 2)?, ws)?;
-    let crop = padding * s;
-    out.narrow(2, crop, hs - 2 * crop)?
-        .narrow(3, crop, ws - 2 * crop)
+    let phases = irfft2(&Tensor::cat(&[&re, &im], 3)?, wp)?;
+    let out = if s > 1 {
+        phases
+            .reshape((n, c, s, s, hp, wp))?
+            .permute((0, 1, 4, 2, 5, 3))?
+            .contiguous()?
+            .reshape((n, c, hp * s, wp * s))?
+    } else {
+        phases.squeeze(2)?
+    };
+    let (crop, (ho, wo)) = (
+        padding * s,
+        ((hp - 2 * padding) * s, (wp - 2 * padding) * s),
+    );
+    out.narrow(2, crop, ho)?.narrow(3, crop, wo)
 }
 
 /// The fused solve of `(N, C, H, W)` f32 on the CPU ([`super::cpu::solve`]).

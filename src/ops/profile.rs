@@ -58,17 +58,47 @@ pub fn snapshot() -> [(f64, f64); 4] {
     })
 }
 
-/// Times a region until dropped, adding `work` units to `kind`. Regions must not nest.
-pub struct Timer(Option<(OpKind, u64, Instant, u64)>);
+thread_local! {
+    /// Time counted by [`time_nested`] regions on this thread, for the region around them to
+    /// leave out.
+    static NESTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Times a region until dropped, adding `work` units to `kind`. Regions nest only through
+/// [`time_nested`].
+pub struct Timer(Option<TimerState>);
+
+struct TimerState {
+    kind: OpKind,
+    work: u64,
+    start: Instant,
+    share: u64,
+    /// [`NESTED`] at the start (outer regions), or `None` (a nested one).
+    nested_at_start: Option<u64>,
+}
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        if let Some((k, work, t, share)) = self.0 {
-            let nanos = t.elapsed().as_nanos() as u64 / share;
-            NANOS[k as usize].fetch_add(nanos, Ordering::Relaxed);
-            WORK[k as usize].fetch_add(work, Ordering::Relaxed);
+        if let Some(t) = &self.0 {
+            let mut nanos = t.start.elapsed().as_nanos() as u64 / t.share;
+            match t.nested_at_start {
+                Some(n0) => nanos = nanos.saturating_sub(NESTED.with(|n| n.get()) - n0),
+                None => NESTED.with(|n| n.set(n.get() + nanos)),
+            }
+            NANOS[t.kind as usize].fetch_add(nanos, Ordering::Relaxed);
+            WORK[t.kind as usize].fetch_add(t.work, Ordering::Relaxed);
         }
     }
+}
+
+fn start(kind: OpKind, work: impl FnOnce() -> f64, share: u64, nested: bool) -> Timer {
+    Timer(ENABLED.load(Ordering::Relaxed).then(|| TimerState {
+        kind,
+        work: work() as u64,
+        start: Instant::now(),
+        share,
+        nested_at_start: (!nested).then(|| NESTED.with(|n| n.get())),
+    }))
 }
 
 /// A [`Timer`] for a region that runs on one of the pool's threads while the others run
@@ -76,20 +106,25 @@ impl Drop for Timer {
 /// kinds' times still add up to the wall time.
 #[inline]
 pub fn time_shared(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
-    Timer(ENABLED.load(Ordering::Relaxed).then(|| {
-        let share = rayon::current_num_threads().max(1) as u64;
-        (kind, work() as u64, Instant::now(), share)
-    }))
+    start(
+        kind,
+        work,
+        rayon::current_num_threads().max(1) as u64,
+        false,
+    )
+}
+
+/// A [`time_shared`] region inside another one on this thread: its time counts for `kind` and
+/// not for the region around it.
+#[inline]
+pub fn time_nested(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
+    start(kind, work, rayon::current_num_threads().max(1) as u64, true)
 }
 
 /// Starts a [`Timer`] for `kind` (a no-op while the timers are off).
 #[inline]
 pub fn time(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
-    Timer(
-        ENABLED
-            .load(Ordering::Relaxed)
-            .then(|| (kind, work() as u64, Instant::now(), 1)),
-    )
+    start(kind, work, 1, false)
 }
 
 /// Nominal flops of a real 2-D FFT round trip over `planes` planes of `h x w`.

@@ -109,292 +109,461 @@ fn row_sums(k: &[f64], (kh, kw): (usize, usize), factors: &[(f64, f64)]) -> (Vec
     (re, im)
 }
 
-/// The column sums of a separable DFT, arranged for rows `u` and `-u` at once.
+/// Filters a [`Columns`] works on at a time (one f64 vector of AVX-512).
+const STEP: usize = 8;
+
+/// `G` at scale 1 for a set of filters, one frequency column `v` at a time (every row `u`),
+/// from the separable DFT of their taps.
 ///
-/// With `d = a - kh/2` a tap row's offset, row `u` weighs `R_a` by `e^{-2 pi i u d / h}`
-/// `= cos - i sin`, and row `-u` by its conjugate. So with `A = sum_a cos R_a` and
-/// `B = sum_a sin R_a`, `FK(u) = A - iB` and `FK(-u) = A + iB`. Offsets `d` and `-d` share their
-/// cosine and have opposite sines: `A` sums `cos_d (R_d + R_-d)` and `B` sums
-/// `sin_d (R_d - R_-d)`, half the terms. `a_rows` and `b_rows` hold those combined rows,
-/// `a_offsets` and `b_offsets` the offset whose cosine or sine weighs each.
-struct ColumnSums {
-    a_offsets: Vec<isize>,
-    b_offsets: Vec<isize>,
-    /// `(terms, n)` each, as `(re, im)`.
+/// With `d = a - kh/2` a tap row's offset and `R_d(v)` the row sums of the DFT along the rows,
+/// row `u` weighs `R_d` by `e^{-2 pi i u d / hp} = cos - i sin`, and row `-u` by its conjugate.
+/// So with `A = sum_d cos R_d` and `B = sum_d sin R_d`, `FK(u) = A - iB` and `FK(-u) = A + iB`;
+/// offsets `d` and `-d` share their cosine and have opposite sines, so `A` sums
+/// `cos_d (R_d + R_-d)` and `B` sums `sin_d (R_d - R_-d)`: half the terms. Within a column the
+/// row sums of all the filters stay in cache while every row is made.
+pub(crate) struct Columns {
+    /// Combined row sums for `A` and for `B`: `(terms, wq, fp)` each, as `(re, im)`.
     a_rows: (Vec<f64>, Vec<f64>),
     b_rows: (Vec<f64>, Vec<f64>),
+    /// Per row pair `u <= hp/2`: the cosines of the `A` terms and the sines of the `B` terms.
+    cos: Vec<f64>,
+    sin: Vec<f64>,
+    /// `λ` per filter, padded to `fp` (padding filters: no taps, `λ = 1`).
+    lam: Vec<f64>,
+    /// Terms of `A` and of `B`.
+    terms: (usize, usize),
+    wq: usize,
+    fp: usize,
+    /// The column made last: `(hp, 2, fp)`.
+    out: Vec<f64>,
 }
 
-impl ColumnSums {
-    /// From row sums `(re, im)` `(kh, n)`.
-    fn new((re, im): (&[f64], &[f64]), kh: usize) -> Self {
-        let n = re.len() / kh.max(1);
-        let (ca, kh) = ((kh / 2) as isize, kh as isize);
+impl Columns {
+    /// The channels `chans` (in that order) of kernel set `set`, over the padded grid
+    /// `(hp, wp)`.
+    pub(crate) fn new(taps: &Taps, set: usize, chans: &[usize], (hp, wp): (usize, usize)) -> Self {
+        let (kh, kw) = (taps.kh, taps.kw);
+        let kernel = |c: usize| &taps.k[(set * taps.channels + c) * kh * kw..][..kh * kw];
+        let (wq, fp) = (wp / 2 + 1, chans.len().div_ceil(STEP) * STEP);
+        // Row sums of every filter: (kh, wq, fp).
+        let n = wq * fp;
+        let (mut r_re, mut r_im) = (vec![0.0; kh * n], vec![0.0; kh * n]);
+        let factors = row_factors(kw, wp, wq);
+        for (i, &c) in chans.iter().enumerate() {
+            let (re, im) = row_sums(kernel(c), (kh, kw), &factors);
+            for a in 0..kh {
+                for v in 0..wq {
+                    r_re[a * n + v * fp + i] = re[a * wq + v];
+                    r_im[a * n + v * fp + i] = im[a * wq + v];
+                }
+            }
+        }
+        let (ca, khi) = ((kh / 2) as isize, kh as isize);
         let row = |d: isize| ((d + ca) as usize) * n;
-        let mut sums = Self {
-            a_offsets: vec![],
-            b_offsets: vec![],
-            a_rows: (vec![], vec![]),
-            b_rows: (vec![], vec![]),
-        };
-        for d in -ca..kh - ca {
-            let paired = d != 0 && (0..kh).contains(&(ca - d));
+        let (mut a_rows, mut b_rows) = ((vec![], vec![]), (vec![], vec![]));
+        let (mut a_off, mut b_off) = (vec![], vec![]);
+        for d in -ca..khi - ca {
+            let paired = d != 0 && (0..khi).contains(&(ca - d));
             if paired && d < 0 {
                 continue;
             }
-            let (pr, pi) = (&re[row(d)..][..n], &im[row(d)..][..n]);
+            let (pr, pi) = (&r_re[row(d)..][..n], &r_im[row(d)..][..n]);
             if !paired {
                 // Its own cosine (1 at d = 0) and sine (0 at d = 0).
-                sums.a_offsets.push(d);
-                sums.a_rows.0.extend_from_slice(pr);
-                sums.a_rows.1.extend_from_slice(pi);
+                a_off.push(d);
+                a_rows.0.extend_from_slice(pr);
+                a_rows.1.extend_from_slice(pi);
                 if d != 0 {
-                    sums.b_offsets.push(d);
-                    sums.b_rows.0.extend_from_slice(pr);
-                    sums.b_rows.1.extend_from_slice(pi);
+                    b_off.push(d);
+                    b_rows.0.extend_from_slice(pr);
+                    b_rows.1.extend_from_slice(pi);
                 }
                 continue;
             }
-            let (mr, mi) = (&re[row(-d)..][..n], &im[row(-d)..][..n]);
-            sums.a_offsets.push(d);
-            sums.a_rows.0.extend(pr.iter().zip(mr).map(|(a, b)| a + b));
-            sums.a_rows.1.extend(pi.iter().zip(mi).map(|(a, b)| a + b));
-            sums.b_offsets.push(d);
-            sums.b_rows.0.extend(pr.iter().zip(mr).map(|(a, b)| a - b));
-            sums.b_rows.1.extend(pi.iter().zip(mi).map(|(a, b)| a - b));
+            let (mr, mi) = (&r_re[row(-d)..][..n], &r_im[row(-d)..][..n]);
+            a_off.push(d);
+            a_rows.0.extend(pr.iter().zip(mr).map(|(a, b)| a + b));
+            a_rows.1.extend(pi.iter().zip(mi).map(|(a, b)| a + b));
+            b_off.push(d);
+            b_rows.0.extend(pr.iter().zip(mr).map(|(a, b)| a - b));
+            b_rows.1.extend(pi.iter().zip(mi).map(|(a, b)| a - b));
         }
-        sums
+        let pairs = hp / 2 + 1;
+        let cos = (0..pairs)
+            .flat_map(|u| a_off.iter().map(move |&d| unit(u as isize * d, hp).0))
+            .collect();
+        let sin = (0..pairs)
+            .flat_map(|u| b_off.iter().map(move |&d| unit(u as isize * d, hp).1))
+            .collect();
+        let lam = (0..fp)
+            .map(|i| chans.get(i).map_or(1.0, |&c| taps.lam[c]))
+            .collect();
+        Self {
+            terms: (a_off.len(), b_off.len()),
+            a_rows,
+            b_rows,
+            cos,
+            sin,
+            lam,
+            wq,
+            fp,
+            out: vec![0.0; hp * 2 * fp],
+        }
     }
 
-    /// The weights of row `u` of an `h`-row grid: the cosines for `A`, the sines for `B`.
-    fn weights(&self, u: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
-        let angle = |d: isize| unit(u as isize * d, h);
-        (
-            self.a_offsets.iter().map(|&d| angle(d).0).collect(),
-            self.b_offsets.iter().map(|&d| angle(d).1).collect(),
-        )
+    /// Filters per row of [`Self::column`]: the channels, padded to a multiple of 8.
+    pub(crate) fn width(&self) -> usize {
+        self.fp
     }
-}
 
-/// `A` and `B` ([`ColumnSums`]) for the four entries `v..v + 4`.
-#[inline(always)]
-fn column_sums4(
-    sums: &ColumnSums,
-    (ca, sb): (&[f64], &[f64]),
-    v: usize,
-    n: usize,
-) -> [[f64; 4]; 4] {
-    let (mut ar, mut ai, mut br, mut bi) = ([0.0; 4], [0.0; 4], [0.0; 4], [0.0; 4]);
-    for (t, &c) in ca.iter().enumerate() {
-        let (xr, xi) = (
-            &sums.a_rows.0[t * n + v..][..4],
-            &sums.a_rows.1[t * n + v..][..4],
+    /// Column `v`: `(hp, 2, width)`, the real then the imaginary parts of every filter per row.
+    pub(crate) fn column(&mut self, v: usize) -> &[f64] {
+        let (stride, at) = (self.wq * self.fp, v * self.fp);
+        g_column(
+            (&self.a_rows, self.terms.0),
+            (&self.b_rows, self.terms.1),
+            (stride, at),
+            (&self.cos, &self.sin),
+            &self.lam,
+            &mut self.out,
         );
-        for l in 0..4 {
-            ar[l] += c * xr[l];
-            ai[l] += c * xi[l];
-        }
-    }
-    for (t, &s) in sb.iter().enumerate() {
-        let (yr, yi) = (
-            &sums.b_rows.0[t * n + v..][..4],
-            &sums.b_rows.1[t * n + v..][..4],
-        );
-        for l in 0..4 {
-            br[l] += s * yr[l];
-            bi[l] += s * yi[l];
-        }
-    }
-    [ar, ai, br, bi]
-}
-
-simd_fn! {
-    /// `G = (conj(FK) + lam) / (|FK|² + lam)` on rows `u` and `-u` of every filter at once, from
-    /// the column sums of `n` entries (frequencies times filters, filters innermost; `n` a
-    /// multiple of 4) and row `u`'s weights; `lam` per entry. `out` is
-    /// `[re(u), im(u), re(-u), im(-u)]`, each `n` long.
-    fn g_pair(_s, sums: &ColumnSums, ca: &[f64], sb: &[f64], lam: &[f64], out: &mut [f64]) {
-        let n = out.len() / 4;
-        let (ur, rest) = out.split_at_mut(n);
-        let (ui, rest) = rest.split_at_mut(n);
-        let (mr, mi) = rest.split_at_mut(n);
-        let outs = ur
-            .chunks_exact_mut(4)
-            .zip(ui.chunks_exact_mut(4))
-            .zip(mr.chunks_exact_mut(4).zip(mi.chunks_exact_mut(4)))
-            .zip(lam.chunks_exact(4));
-        for (v, (((ur, ui), (mr, mi)), lam)) in outs.enumerate() {
-            let [ar, ai, br, bi] = column_sums4(sums, (ca, sb), 4 * v, n);
-            let lam: [f64; 4] = std::array::from_fn(|l| lam[l]);
-            let g = |re: [f64; 4], im: [f64; 4]| {
-                let inv: [f64; 4] =
-                    std::array::from_fn(|l| 1.0 / (re[l] * re[l] + im[l] * im[l] + lam[l]));
-                let gr: [f64; 4] = std::array::from_fn(|l| (re[l] + lam[l]) * inv[l]);
-                let gi: [f64; 4] = std::array::from_fn(|l| -im[l] * inv[l]);
-                (gr, gi)
-            };
-            let (gr, gi) = g(std::array::from_fn(|l| ar[l] + bi[l]), std::array::from_fn(|l| ai[l] - br[l]));
-            ur.copy_from_slice(&gr);
-            ui.copy_from_slice(&gi);
-            let (gr, gi) = g(std::array::from_fn(|l| ar[l] - bi[l]), std::array::from_fn(|l| ai[l] + br[l]));
-            mr.copy_from_slice(&gr);
-            mi.copy_from_slice(&gi);
-        }
+        &self.out
     }
 }
 
 simd_fn! {
-    /// `FK` on rows `u` and `-u`, as [`g_pair`] without the transfer function.
-    fn fk_pair(_s, sums: &ColumnSums, ca: &[f64], sb: &[f64], out: &mut [f64]) {
-        let n = out.len() / 4;
-        let (ur, rest) = out.split_at_mut(n);
-        let (ui, rest) = rest.split_at_mut(n);
-        let (mr, mi) = rest.split_at_mut(n);
-        for v in (0..n).step_by(4) {
-            let [ar, ai, br, bi] = column_sums4(sums, (ca, sb), v, n);
-            for l in 0..4 {
-                ur[v + l] = ar[l] + bi[l];
-                ui[v + l] = ai[l] - br[l];
-                mr[v + l] = ar[l] - bi[l];
-                mi[v + l] = ai[l] + br[l];
+    /// One column of `G = (conj(FK) + λ) / (|FK|² + λ)` for every row: `a` and `b` are the
+    /// combined row sums with their term counts (terms `stride` apart, this column at `at`),
+    /// `cs` the per-row-pair cosines and sines. `out` is `(hp, 2, fp)`.
+    fn g_column(
+        _s,
+        a: (&(Vec<f64>, Vec<f64>), usize),
+        b: (&(Vec<f64>, Vec<f64>), usize),
+        pos: (usize, usize),
+        cs: (&[f64], &[f64]),
+        lam: &[f64],
+        out: &mut [f64],
+    ) {
+        let ((a_rows, ta), (b_rows, tb), (stride, col)) = (a, b, pos);
+        let (cos, sin) = cs;
+        let fp = lam.len();
+        let hp = out.len() / (2 * fp);
+        for u in 0..=hp / 2 {
+            let m = (hp - u) % hp;
+            let (cu, su) = (&cos[u * ta..][..ta], &sin[u * tb..][..tb]);
+            for c in (0..fp).step_by(STEP) {
+                let mut ar = [0.0; STEP];
+                let mut ai = [0.0; STEP];
+                let mut br = [0.0; STEP];
+                let mut bi = [0.0; STEP];
+                for (t, &w) in cu.iter().enumerate() {
+                    let at = t * stride + col + c;
+                    let (xr, xi) = (&a_rows.0[at..at + STEP], &a_rows.1[at..at + STEP]);
+                    for l in 0..STEP {
+                        ar[l] += w * xr[l];
+                        ai[l] += w * xi[l];
+                    }
+                }
+                for (t, &w) in su.iter().enumerate() {
+                    let at = t * stride + col + c;
+                    let (yr, yi) = (&b_rows.0[at..at + STEP], &b_rows.1[at..at + STEP]);
+                    for l in 0..STEP {
+                        br[l] += w * yr[l];
+                        bi[l] += w * yi[l];
+                    }
+                }
+                // FK(u) = A - iB = p, FK(-u) = A + iB = q; one division for both. In place: A
+                // and B become G at u (real, imaginary) and G at -u.
+                let lam = &lam[c..c + STEP];
+                for l in 0..STEP {
+                    let (pr, pi) = (ar[l] + bi[l], ai[l] - br[l]);
+                    let (qr, qi) = (ar[l] - bi[l], ai[l] + br[l]);
+                    let dp = pr * pr + pi * pi + lam[l];
+                    let dq = qr * qr + qi * qi + lam[l];
+                    let inv = 1.0 / (dp * dq);
+                    let (ip, iq) = (dq * inv, dp * inv);
+                    ar[l] = (pr + lam[l]) * ip;
+                    ai[l] = -pi * ip;
+                    br[l] = (qr + lam[l]) * iq;
+                    bi[l] = -qi * iq;
+                }
+                let o = &mut out[u * 2 * fp..][..2 * fp];
+                o[c..c + STEP].copy_from_slice(&ar);
+                o[fp + c..fp + c + STEP].copy_from_slice(&ai);
+                if m != u {
+                    let o = &mut out[m * 2 * fp..][..2 * fp];
+                    o[c..c + STEP].copy_from_slice(&br);
+                    o[fp + c..fp + c + STEP].copy_from_slice(&bi);
+                }
             }
         }
     }
 }
 
-/// `n` rounded up to a multiple of 4 (the kernels above take 4 entries at a time).
-fn padded4(n: usize) -> usize {
-    n.div_ceil(4) * 4
-}
-
-/// Builds `G` for the channels `chans` of kernel set `set`, over the padded grid `(hp, wp)` at
-/// scale `s`, on the half grid `(s*hp, s*wp/2+1)`, unnormalised. It hands each frequency row to
-/// `emit(u, re, im)`: `re` and `im` hold `(s*wp/2+1, chans.len())`, the filters innermost. At
-/// `s > 1`, `chans` must be one channel.
+/// Builds the transfer functions of the channels `chans` of kernel set `set` over the padded grid
+/// `(hp, wp)` at scale `s`: for each output phase `(a, b)` (the pixels `(s*i + a, s*j + b)`;
+/// one phase at scale 1), the filter `H_ab` on the half grid `(hp, wp/2+1)`, unnormalised (the
+/// solution's phase is the inverse transform of `H_ab · FFT(y)` times `1/(s² hp wp)`). It hands
+/// each frequency row to `emit(a * s + b, u, re, im)`: `re` and `im` hold `(wp/2+1, chans.len())`,
+/// the filters innermost.
 pub(crate) fn build(
     taps: &Taps,
     set: usize,
     chans: Range<usize>,
     (hp, wp): (usize, usize),
     s: usize,
-    mut emit: impl FnMut(usize, &[f64], &[f64]),
+    mut emit: impl FnMut(usize, usize, &[f64], &[f64]),
 ) {
-    let (kh, kw) = (taps.kh, taps.kw);
-    let kernel = |c: usize| &taps.k[(set * taps.channels + c) * kh * kw..][..kh * kw];
     if s > 1 {
-        assert_eq!(chans.len(), 1, "one filter at a time at scale > 1");
-        let c = chans.start;
-        return build_scaled(kernel(c), (kh, kw), taps.lam[c], (hp, wp), s, emit);
-    }
-    let (wq, f) = (wp / 2 + 1, chans.len());
-    let (n, np) = (wq * f, padded4(wq * f));
-    // Row sums of every filter, filters innermost: (kh, np), zero padded.
-    let (mut r_re, mut r_im) = (vec![0.0; kh * np], vec![0.0; kh * np]);
-    let factors = row_factors(kw, wp, wq);
-    for (i, c) in chans.clone().enumerate() {
-        let (re, im) = row_sums(kernel(c), (kh, kw), &factors);
-        for a in 0..kh {
+        let chans: Vec<usize> = chans.collect();
+        let (wq, f) = (wp / 2 + 1, chans.len());
+        let fp = f.div_ceil(STEP) * STEP;
+        let (mut re, mut im) = (vec![0.0; wq * f], vec![0.0; wq * f]);
+        return build_scaled(taps, set, &chans, (hp, wp), s, |phase, u, row| {
+            let (rr, ri) = row.split_at(wq * fp);
             for v in 0..wq {
-                r_re[a * np + v * f + i] = re[a * wq + v];
-                r_im[a * np + v * f + i] = im[a * wq + v];
+                re[v * f..][..f].copy_from_slice(&rr[v * fp..][..f]);
+                im[v * f..][..f].copy_from_slice(&ri[v * fp..][..f]);
             }
+            emit(phase, u, &re, &im)
+        });
+    }
+    // Every column, then the rows out of them.
+    let chans: Vec<usize> = chans.collect();
+    let f = chans.len();
+    let wq = wp / 2 + 1;
+    let mut cols = Columns::new(taps, set, &chans, (hp, wp));
+    let fp = cols.width();
+    let (mut re, mut im) = (vec![0.0; hp * wq * f], vec![0.0; hp * wq * f]);
+    for v in 0..wq {
+        let col = cols.column(v);
+        for u in 0..hp {
+            let at = (u * wq + v) * f;
+            re[at..at + f].copy_from_slice(&col[u * 2 * fp..][..f]);
+            im[at..at + f].copy_from_slice(&col[u * 2 * fp + fp..][..f]);
         }
     }
-    let sums = ColumnSums::new((&r_re, &r_im), kh);
-    let lam: Vec<f64> = (0..np).map(|i| taps.lam[chans.start + i % f]).collect();
-    let mut rows = vec![0.0; 4 * np];
-    for u in 0..=hp / 2 {
-        let (ca, sb) = sums.weights(u, hp);
-        g_pair(&sums, &ca, &sb, &lam, &mut rows);
-        emit(u, &rows[..n], &rows[np..np + n]);
-        let m = (hp - u) % hp;
-        if m != u {
-            emit(m, &rows[2 * np..2 * np + n], &rows[3 * np..3 * np + n]);
-        }
+    for u in 0..hp {
+        emit(
+            0,
+            u,
+            &re[u * wq * f..][..wq * f],
+            &im[u * wq * f..][..wq * f],
+        );
     }
 }
 
-/// [`build`] for one kernel at scale `s > 1`: `FK` over the whole grid, the block means, then
-/// `G` row by row.
-fn build_scaled(
-    k: &[f64],
-    (kh, kw): (usize, usize),
-    lam: f64,
-    (hp, wp): (usize, usize),
-    s: usize,
-    mut emit: impl FnMut(usize, &[f64], &[f64]),
-) {
-    let (hs, ws) = (s * hp, s * wp);
-    let np = padded4(ws);
-    let (re, im) = row_sums(k, (kh, kw), &row_factors(kw, ws, ws));
-    let (mut r_re, mut r_im) = (vec![0.0; kh * np], vec![0.0; kh * np]);
-    for a in 0..kh {
-        r_re[a * np..][..ws].copy_from_slice(&re[a * ws..][..ws]);
-        r_im[a * np..][..ws].copy_from_slice(&im[a * ws..][..ws]);
+/// `e^{2 pi i t d / n}` for `t < len`, per offset `d`, made once per offset.
+struct Twiddles {
+    n: usize,
+    len: usize,
+    tables: Vec<(isize, Vec<(f64, f64)>)>,
+}
+
+impl Twiddles {
+    fn new(n: usize, len: usize) -> Self {
+        Self {
+            n,
+            len,
+            tables: vec![],
+        }
     }
-    let sums = ColumnSums::new((&r_re, &r_im), kh);
-    // FK over the whole grid, row-major.
-    let (mut fr, mut fi) = (vec![0.0; hs * ws], vec![0.0; hs * ws]);
-    let mut pair = vec![0.0; 4 * np];
-    for u in 0..=hs / 2 {
-        let (ca, sb) = sums.weights(u, hs);
-        fk_pair(&sums, &ca, &sb, &mut pair);
-        let m = (hs - u) % hs;
-        fr[u * ws..][..ws].copy_from_slice(&pair[..ws]);
-        fi[u * ws..][..ws].copy_from_slice(&pair[np..np + ws]);
-        fr[m * ws..][..ws].copy_from_slice(&pair[2 * np..2 * np + ws]);
-        fi[m * ws..][..ws].copy_from_slice(&pair[3 * np..3 * np + ws]);
+
+    fn get(&mut self, d: isize) -> &[(f64, f64)] {
+        let i = match self.tables.iter().position(|t| t.0 == d) {
+            Some(i) => i,
+            None => {
+                let t = (0..self.len)
+                    .map(|t| unit(t as isize * d, self.n))
+                    .collect();
+                self.tables.push((d, t));
+                self.tables.len() - 1
+            }
+        };
+        &self.tables[i].1
     }
-    // The box response: B(u, v) = b(hs, u) b(ws, v), b(n, f) = sum_{a<s} e^{-2 pi i f a / n}.
-    let bax = |n: usize, f: usize| {
-        (0..s).fold((0.0, 0.0), |(re, im), a| {
-            let (c, sn) = unit((f * a) as isize, n);
-            (re + c, im - sn)
-        })
-    };
-    let bh: Vec<(f64, f64)> = (0..hs).map(|u| bax(hs, u)).collect();
-    let bw: Vec<(f64, f64)> = (0..ws).map(|v| bax(ws, v)).collect();
-    let b = |u: usize, v: usize| {
-        let ((ar, ai), (br, bi)) = (bh[u], bw[v]);
-        (ar * br - ai * bi, ar * bi + ai * br)
-    };
-    // Q = (1 - mean(FK B)) / (mean |FK|² + lam) over the small grid.
-    let mut q = vec![(0.0, 0.0); hp * wp];
-    let blocks = (s * s) as f64;
-    for u in 0..hp {
-        for v in 0..wp {
-            let (mut mr, mut mi, mut p) = (0.0, 0.0, 0.0);
-            for a in 0..s {
-                for c in 0..s {
-                    let (uu, vv) = (u + a * hp, v + c * wp);
-                    let (kr, ki) = (fr[uu * ws + vv], fi[uu * ws + vv]);
-                    let (br, bi) = b(uu, vv);
-                    mr += kr * br - ki * bi;
-                    mi += kr * bi + ki * br;
-                    p += kr * kr + ki * ki;
+}
+
+/// `sum_t w_t e^{sign 2 pi i (u ea_t / hh + v eb_t / ww)}` for tap positions `(ea, eb)` with
+/// one weight per filter, row by row: a separable DFT, with the row sums `R_ea(v)` per distinct
+/// `ea` made once. Entries are `(v, filter)`, filters innermost.
+struct TapSum {
+    sign: f64,
+    /// `(ea, re, im)`, each `(wq, fp)`.
+    rows: Vec<(isize, Vec<f64>, Vec<f64>)>,
+}
+
+impl TapSum {
+    /// `taps`: `(ea, eb, weights)`, a weight per filter (`fp` of them).
+    fn new(taps: &[(isize, isize, Vec<f64>)], sign: f64, tw: &mut Twiddles, fp: usize) -> Self {
+        let wq = tw.len;
+        let mut rows: Vec<(isize, Vec<f64>, Vec<f64>)> = vec![];
+        for (ea, eb, w) in taps {
+            let at = match rows.iter().position(|r| r.0 == *ea) {
+                Some(i) => i,
+                None => {
+                    rows.push((*ea, vec![0.0; wq * fp], vec![0.0; wq * fp]));
+                    rows.len() - 1
+                }
+            };
+            let (_, re, im) = &mut rows[at];
+            for (v, &(c, s)) in tw.get(*eb).iter().enumerate() {
+                let (re, im) = (&mut re[v * fp..][..fp], &mut im[v * fp..][..fp]);
+                for ((r, i), w) in re.iter_mut().zip(im.iter_mut()).zip(w) {
+                    *r += w * c;
+                    *i += sign * w * s;
                 }
             }
-            let den = p / blocks + lam;
-            q[u * wp + v] = ((1.0 - mr / blocks) / den, -mi / blocks / den);
         }
+        Self { sign, rows }
     }
-    let wq = ws / 2 + 1;
-    let (mut gr, mut gi) = (vec![0.0; wq], vec![0.0; wq]);
-    for u in 0..hs {
-        for v in 0..wq {
-            let (kr, ki) = (fr[u * ws + v], fi[u * ws + v]);
-            let (qr, qi) = q[(u % hp) * wp + v % wp];
-            let (br, bi) = b(u, v);
-            // B + conj(FK) Q
-            gr[v] = br + kr * qr + ki * qi;
-            gi[v] = bi + kr * qi - ki * qr;
+
+    /// Frequency row `u` into `(re, im)`.
+    fn row(&self, u: usize, th: &mut Twiddles, (re, im): (&mut [f64], &mut [f64])) {
+        re.fill(0.0);
+        im.fill(0.0);
+        for (ea, rr, ri) in &self.rows {
+            let (c, s) = th.get(*ea)[u];
+            add_scaled(re, im, (c, self.sign * s), (rr, ri));
         }
-        emit(u, &gr, &gi);
     }
 }
 
-/// `G` of every filter of `taps` as a planar tensor `(sets, C, 2, s*hp, s*wp/2+1)` in `dtype`
-/// on `dev`, for the reference solve (built on the host in parallel, then uploaded once).
+simd_fn! {
+    /// `out += (c + i s) (rr + i ri)`.
+    fn add_scaled(_s, re: &mut [f64], im: &mut [f64], cs: (f64, f64), row: (&[f64], &[f64])) {
+        let ((c, s), (rr, ri)) = (cs, row);
+        for (((or, oi), r), i) in re.iter_mut().zip(im.iter_mut()).zip(rr).zip(ri) {
+            *or += r * c - i * s;
+            *oi += r * s + i * c;
+        }
+    }
+}
+
+simd_fn! {
+    /// `P += |c|²` over a row.
+    fn add_norm(_s, p: &mut [f64], re: &[f64], im: &[f64]) {
+        for ((p, r), i) in p.iter_mut().zip(re).zip(im) {
+            *p += r * r + i * i;
+        }
+    }
+}
+
+simd_fn! {
+    /// One row of the scaled transfer functions: `q = (1 - M) / (P + lam)` from `M` and `P`
+    /// (into `m`), then for each phase `H = s² + q F`; `f` holds the phases' `F` rows
+    /// `(phases, 2, n)` and becomes their `H`.
+    fn scaled_row(_s, m: (&mut [f64], &mut [f64]), p: &[f64], lam: &[f64], s2: f64, f: &mut [f64]) {
+        let (mr, mi) = m;
+        for (((mr, mi), p), l) in mr.iter_mut().zip(mi.iter_mut()).zip(p).zip(lam) {
+            let inv = 1.0 / (p + l);
+            (*mr, *mi) = ((1.0 - *mr) * inv, -*mi * inv);
+        }
+        let n = p.len();
+        for fab in f.chunks_exact_mut(2 * n) {
+            let (fr, fi) = fab.split_at_mut(n);
+            for (((fr, fi), qr), qi) in fr.iter_mut().zip(fi.iter_mut()).zip(&*mr).zip(&*mi) {
+                let (a, b) = (*fr, *fi);
+                *fr = s2 + a * qr - b * qi;
+                *fi = a * qi + b * qr;
+            }
+        }
+    }
+}
+
+/// [`build`] at scale `s > 1`, for the channels `chans` at once, on the input grid alone.
+///
+/// With `(da, db)` a tap's offset from the kernel's centre, the sums of `G`'s `s x s` aliases
+/// each keep only the taps whose offsets fall in one residue class mod `s`: the box response
+/// sums to `s²` for every phase, `mean(FK·B)` is the DFT `M` of the taps moved up to the next
+/// multiple of `s`, `mean(|FK|²)` is `P = sum over the classes r of |FK_r|²`, and the aliases of
+/// `conj(FK)` for phase `(a, b)` give `F_ab`, `s²` times the DFT of the taps with
+/// `da + a = db + b = 0 (mod s)`. So `H_ab = s² + F_ab (1 - M) / (P + λ)`: no `s`-fold grid, and
+/// a few tap sums per frequency, row by row. Rows go to `emit(phase, u, row)`, `row`
+/// `(2, wq, fp)` with the filters (padded to `fp`) innermost.
+pub(crate) fn build_scaled(
+    taps: &Taps,
+    set: usize,
+    chans: &[usize],
+    (hp, wp): (usize, usize),
+    s: usize,
+    mut emit: impl FnMut(usize, usize, &[f64]),
+) {
+    let (kh, kw) = (taps.kh, taps.kw);
+    let (hs, ws, wq) = (s * hp, s * wp, wp / 2 + 1);
+    let fp = chans.len().div_ceil(STEP) * STEP;
+    let (si, s2) = (s as isize, (s * s) as f64);
+    let lam: Vec<f64> = (0..wq * fp)
+        .map(|e| chans.get(e % fp).map_or(1.0, |&c| taps.lam[c]))
+        .collect();
+    // Each tap's offsets and its weight in every filter.
+    let taps: Vec<(isize, isize, Vec<f64>)> = (0..kh * kw)
+        .map(|i| {
+            let da = (i / kw) as isize - (kh / 2) as isize;
+            let db = (i % kw) as isize - (kw / 2) as isize;
+            let w = (0..fp)
+                .map(|f| {
+                    chans
+                        .get(f)
+                        .map_or(0.0, |&c| taps.k[(set * taps.channels + c) * kh * kw + i])
+                })
+                .collect();
+            (da, db, w)
+        })
+        .collect();
+    let (mut th, mut tw) = (Twiddles::new(hs, hp), Twiddles::new(ws, wq));
+    let up = |d: isize| d + (-d).rem_euclid(si);
+    let moved: Vec<_> = taps
+        .iter()
+        .map(|(a, b, w)| (up(*a), up(*b), w.clone()))
+        .collect();
+    let m = TapSum::new(&moved, -1.0, &mut tw, fp);
+    let (mut classes, mut phases) = (vec![], vec![]);
+    for ra in 0..si {
+        for rb in 0..si {
+            let class: Vec<_> = taps
+                .iter()
+                .filter(|(a, b, _)| a.rem_euclid(si) == ra && b.rem_euclid(si) == rb)
+                .cloned()
+                .collect();
+            classes.push(TapSum::new(&class, -1.0, &mut tw, fp));
+            // Phase (ra, rb).
+            let phase: Vec<_> = taps
+                .iter()
+                .filter(|(da, db, _)| {
+                    (da + ra).rem_euclid(si) == 0 && (db + rb).rem_euclid(si) == 0
+                })
+                .map(|(da, db, w)| (da + ra, db + rb, w.iter().map(|w| s2 * w).collect()))
+                .collect();
+            phases.push(TapSum::new(&phase, 1.0, &mut tw, fp));
+        }
+    }
+    let n = wq * fp;
+    let (mut mr, mut mi, mut p) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let (mut cr, mut ci) = (vec![0.0; n], vec![0.0; n]);
+    let mut f = vec![0.0; phases.len() * 2 * n];
+    for u in 0..hp {
+        m.row(u, &mut th, (&mut mr, &mut mi));
+        p.fill(0.0);
+        for class in &classes {
+            class.row(u, &mut th, (&mut cr, &mut ci));
+            add_norm(&mut p, &cr, &ci);
+        }
+        for (phase, fab) in phases.iter().zip(f.chunks_exact_mut(2 * n)) {
+            let (fr, fi) = fab.split_at_mut(n);
+            phase.row(u, &mut th, (fr, fi));
+        }
+        scaled_row((&mut mr, &mut mi), &p, &lam, s2, &mut f);
+        for (phase, fab) in f.chunks_exact(2 * n).enumerate() {
+            emit(phase, u, fab);
+        }
+    }
+}
+
+/// The transfer functions of every filter of `taps` as a planar tensor
+/// `(sets, C, s², 2, hp, wp/2+1)` (phases, then real and imaginary parts) in `dtype` on `dev`,
+/// scaled by `1/s²` for `irfft2`'s normalisation: for the reference solve (built on the host in
+/// parallel, then uploaded once).
 pub(crate) fn planar(
     taps: &Taps,
     (hp, wp): (usize, usize),
@@ -404,90 +573,57 @@ pub(crate) fn planar(
 ) -> Result<Tensor> {
     use rayon::prelude::*;
     taps.check_fits((hp, wp), s)?;
-    let (hs, wq) = (s * hp, s * wp / 2 + 1);
-    let plane = hs * wq;
-    let c = taps.channels;
-    let mut data = vec![0.0f64; taps.sets * c * 2 * plane];
-    data.par_chunks_mut(2 * plane)
+    let wq = wp / 2 + 1;
+    let plane = hp * wq;
+    let (c, phases) = (taps.channels, s * s);
+    let norm = 1.0 / phases as f64;
+    let mut data = vec![0.0f64; taps.sets * c * phases * 2 * plane];
+    data.par_chunks_mut(phases * 2 * plane)
         .enumerate()
         .for_each(|(i, dst)| {
             let (set, ch) = (i / c, i % c);
-            build(taps, set, ch..ch + 1, (hp, wp), s, |u, re, im| {
-                dst[u * wq..][..wq].copy_from_slice(re);
-                dst[plane + u * wq..][..wq].copy_from_slice(im);
+            build(taps, set, ch..ch + 1, (hp, wp), s, |phase, u, re, im| {
+                let at = phase * 2 * plane + u * wq;
+                for (d, v) in dst[at..][..wq].iter_mut().zip(re) {
+                    *d = v * norm;
+                }
+                for (d, v) in dst[at + plane..][..wq].iter_mut().zip(im) {
+                    *d = v * norm;
+                }
             });
         });
-    let shape = (taps.sets, c, 2, hs, wq);
+    let shape = (taps.sets, c, phases, 2, hp, wq);
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)?
         .to_dtype(dtype)?
         .to_device(dev)
 }
 
-/// The phases of a scale-`s` transfer function `g` (its half grid `(s*hp, s*wp/2+1)` as `re`
-/// and `im`, row-major): for each output phase `(a, b)`, the filter over the input grid
-/// `(hp, wp)` whose inverse transform gives the solution's pixels `(s*i + a, s*j + b)`,
-/// `H_ab(u, v) = sum_{α, β < s} G(u + α hp, v + β wp) e^{2πi((u + α hp) a / hs + (v + β wp) b / ws)}`,
-/// on the half grid `(hp, wp/2+1)`. Calls `emit(a * s + b, u, re, im)`. The sums run in f64,
-/// so the aliases' cancellation costs no f32 precision.
-pub(crate) fn phases(
-    (g_re, g_im): (&[f64], &[f64]),
-    (hp, wp): (usize, usize),
-    s: usize,
-    mut emit: impl FnMut(usize, usize, &[f64], &[f64]),
-) {
-    let (hs, ws) = (s * hp, s * wp);
-    let (wq_big, wq) = (ws / 2 + 1, wp / 2 + 1);
-    // G over the whole grid from its half: G(u, v) = conj G(-u, -v).
-    let at = |u: usize, v: usize| {
-        if v < wq_big {
-            (g_re[u * wq_big + v], g_im[u * wq_big + v])
-        } else {
-            let (mu, mv) = ((hs - u) % hs, ws - v);
-            (g_re[mu * wq_big + mv], -g_im[mu * wq_big + mv])
-        }
-    };
-    let (eh, ew): (Vec<_>, Vec<_>) = (
-        (0..hs * s)
-            .map(|i| unit(((i / s) * (i % s)) as isize, hs))
-            .collect(),
-        (0..ws * s)
-            .map(|i| unit(((i / s) * (i % s)) as isize, ws))
-            .collect(),
-    );
-    // T_b(u, v) = sum_β G(u, v + β wp) e^{2πi (v + β wp) b / ws}, for every row u.
-    let mut t = vec![(0.0, 0.0); s * hs * wq];
-    for b in 0..s {
-        for u in 0..hs {
-            for v in 0..wq {
-                let (mut re, mut im) = (0.0, 0.0);
-                for beta in 0..s {
-                    let vv = v + beta * wp;
-                    let (gr, gi) = at(u, vv);
-                    let (c, sn) = ew[vv * s + b];
-                    re += gr * c - gi * sn;
-                    im += gr * sn + gi * c;
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Not a test: `cargo test --release --lib transfer::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn rows_speed() {
+        let dev = Device::Cpu;
+        for (k, hp) in [(7, 268), (5, 136), (3, 260)] {
+            let kern = Tensor::rand(0f32, 1.0, (1, 16, k, k), &dev).unwrap();
+            let lam = Tensor::full(0.01f32, (1, 16, 1, 1), &dev).unwrap();
+            let taps = Taps::new(&kern, &lam).unwrap();
+            let chans: Vec<usize> = (0..16).collect();
+            let reps = 50;
+            let t = std::time::Instant::now();
+            let mut sink = 0.0;
+            for _ in 0..reps {
+                let mut cols = Columns::new(&taps, 0, &chans, (hp, hp));
+                for v in 0..hp / 2 + 1 {
+                    sink += cols.column(v)[3];
                 }
-                t[(b * hs + u) * wq + v] = (re, im);
             }
-        }
-    }
-    let (mut hr, mut hi) = (vec![0.0; wq], vec![0.0; wq]);
-    for a in 0..s {
-        for b in 0..s {
-            for u in 0..hp {
-                hr.fill(0.0);
-                hi.fill(0.0);
-                for alpha in 0..s {
-                    let uu = u + alpha * hp;
-                    let (c, sn) = eh[uu * s + a];
-                    let row = &t[(b * hs + uu) * wq..][..wq];
-                    for (v, &(tr, ti)) in row.iter().enumerate() {
-                        hr[v] += tr * c - ti * sn;
-                        hi[v] += tr * sn + ti * c;
-                    }
-                }
-                emit(a * s + b, u, &hr, &hi);
-            }
+            let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+            println!("k={k} {hp}x{hp}: {ms:.3} ms per group ({sink:.1})");
         }
     }
 }

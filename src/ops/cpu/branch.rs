@@ -396,6 +396,7 @@ pub(crate) fn converse_block(
     let per_pass = groups_per_pass(groups, geo, grid_budget);
     let plan = tile_plan(h, w);
     let pool = pool();
+    geo.fit_pool(pool);
     let wc = &weights.converse;
     for (xi, oi) in x.chunks(c * n).zip(out.chunks_mut(c * n)) {
         for g0 in (0..groups).step_by(per_pass) {
@@ -404,8 +405,8 @@ pub(crate) fn converse_block(
             expand_groups(xi, wc, g0, &mut grids, geo, &plan);
             grids.par_iter_mut().enumerate().for_each(|(i, grid)| {
                 grid.fill_padding(geo);
-                let f = filters.group(geo, 0, g0 + i, pool);
-                grid.solve(geo, &f, true);
+                let mut f = filters.group(geo, 0, g0 + i, pool);
+                grid.solve(geo, &mut f, true);
                 f.release(pool);
             });
             reduce_groups((xi, oi), wc, (g0, &grids), geo, &plan, g0 == 0);

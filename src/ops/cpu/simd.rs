@@ -1,9 +1,10 @@
 //! Vectors of [`LANES`] f32 and the one way the fused kernels pick their instruction set.
 //!
 //! Every kernel entry point is declared with [`simd_fn!`]: its body is generic over a [`Simd`]
-//! token and is compiled twice, once for AVX2 + FMA (x86-64 only, chosen at run time when the
-//! CPU has them) and once portable. Plain element loops in the body vectorise on their own; the
-//! lane FFT uses the token's explicit arithmetic.
+//! token and is compiled three times, for AVX-512 and for AVX2 + FMA (x86-64 only, chosen at
+//! run time by what the CPU has, checked once) and portable. Plain element loops in the body
+//! vectorise on their own (16 f32 wide with AVX-512); the lane FFT uses the token's explicit
+//! arithmetic on 8-lane vectors, which AVX-512 runs with twice the registers.
 
 /// f32 lanes per vector.
 pub(crate) const LANES: usize = 8;
@@ -73,6 +74,11 @@ impl Simd for Plain {
 pub(crate) static FORCE_PLAIN: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// Tests: run the AVX2 path where the CPU has AVX-512.
+#[cfg(test)]
+pub(crate) static FORCE_AVX2: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// AVX2 and FMA; a value exists only on CPUs that have them.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +102,22 @@ mod x86 {
                 is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
             });
             has.then_some(Avx2(()))
+        }
+
+        /// Whether this CPU also has the AVX-512 subsets the kernels are compiled for (F, VL,
+        /// DQ, BW; checked once per process).
+        pub(crate) fn avx512(self) -> bool {
+            static HAS: OnceLock<bool> = OnceLock::new();
+            #[cfg(test)]
+            if super::FORCE_AVX2.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            *HAS.get_or_init(|| {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512bw")
+            })
         }
     }
 
@@ -155,9 +177,22 @@ macro_rules! simd_fn {
                 body(s, $($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512dq,avx512bw")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx512(s: $crate::ops::cpu::simd::Avx2, $($arg: $ty),*) $(-> $ret)? {
+                body(s, $($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
             if let Some(s) = $crate::ops::cpu::simd::Avx2::get() {
-                // SAFETY: `s` exists, so this CPU has AVX2 and FMA.
-                return unsafe { avx2(s, $($arg),*) };
+                // SAFETY: `s` exists, so this CPU has AVX2 and FMA, and `avx512` checked the
+                // rest.
+                return unsafe {
+                    if s.avx512() {
+                        avx512(s, $($arg),*)
+                    } else {
+                        avx2(s, $($arg),*)
+                    }
+                };
             }
             body($crate::ops::cpu::simd::Plain, $($arg),*)
         }

@@ -74,6 +74,13 @@ impl Geometry {
         self.s * self.s * self.phase_len()
     }
 
+    /// Fits the [`Pool`] to the buffers a solve of this geometry takes: grids, and at `s > 1`
+    /// transfer functions (at scale 1 they are made row by row, or kept by their layer).
+    pub(crate) fn fit_pool(&self, pool: &Pool) {
+        let filters = if self.s > 1 { self.filter_len() } else { 0 };
+        pool.fit(&[self.hp * self.wp, filters]);
+    }
+
     /// Where input pixel `(i, j)` lies in the padded grid (and, at scale 1, output pixel
     /// `(i, j)` after the solve).
     #[inline(always)]
@@ -97,6 +104,8 @@ pub(crate) struct Grid {
     line_re: Vec<V>,
     line_im: Vec<V>,
     scratch: Vec<V>,
+    /// A frequency column of a transfer function made while solving.
+    column: Vec<V>,
 }
 
 impl Grid {
@@ -113,6 +122,7 @@ impl Grid {
             line_re: vec![V::default(); line],
             line_im: vec![V::default(); line],
             scratch: vec![V::default(); scratch],
+            column: vec![V::default(); 4 * geo.hp],
         }
     }
 
@@ -210,12 +220,9 @@ impl Grid {
 
     /// Solves the group at scale 1, in place: the padded grid (interior and padding filled) in,
     /// the solution at the interior ([`Geometry::inner`]) out, through GELU if `act`. `g` is the
-    /// group's transfer function in the lane layout, scaled by `1/(hp*wp)`.
-    pub(crate) fn solve(&mut self, geo: &Geometry, g: &[V], act: bool) {
-        assert!(
-            geo.s == 1 && g.len() == geo.filter_len(),
-            "Converse2D filter"
-        );
+    /// group's transfer function.
+    pub(crate) fn solve(&mut self, geo: &Geometry, g: &mut FilterRef, act: bool) {
+        assert!(geo.s == 1, "the in-place solve is for scale 1");
         let _t = profile::time_shared(OpKind::Fft, || geo.flops(GROUP));
         solve_grid(geo, self, g, act, None)
     }
@@ -224,12 +231,11 @@ impl Grid {
     pub(crate) fn solve_into(
         &mut self,
         geo: &Geometry,
-        g: &[V],
+        g: &mut FilterRef,
         act: bool,
         out: &mut [f32],
         count: usize,
     ) {
-        assert_eq!(g.len(), geo.filter_len(), "Converse2D filter size");
         let _t = profile::time_shared(OpKind::Fft, || geo.flops(GROUP));
         solve_grid(geo, self, g, act, Some((out, count)))
     }
@@ -242,12 +248,12 @@ simd_fn! {
         s,
         geo: &Geometry,
         grid: &mut Grid,
-        g: &[V],
+        filter: &mut FilterRef,
         act: bool,
         out: Option<(&mut [f32], usize)>,
     ) {
         let (hp, wp) = (geo.hp, geo.wp);
-        let Grid { re, im, phase_re, phase_im, line_re, line_im, scratch } = grid;
+        let Grid { re, im, phase_re, phase_im, line_re, line_im, scratch, column } = grid;
         let (ph, pw) = (&geo.plan_h, &geo.plan_w);
         // Forward: the rows that are not all zeros, then every column.
         for (i, row) in geo.rows.iter().enumerate() {
@@ -269,14 +275,36 @@ simd_fn! {
             Some((o, c)) => (Some(o), c),
             None => (None, 0),
         };
+        if let FilterRef::Columns(made, made_count) = filter {
+            // Scale 1, each column of the transfer function used as it is made.
+            let norm = 1.0 / (hp * wp) as f64;
+            for v in 0..wp / 2 + 1 {
+                let t = profile::time_nested(OpKind::Transfer, || (*made_count * hp) as f64);
+                let width = made.width();
+                lanes_column(column, made.column(v), width, *made_count, norm);
+                drop(t);
+                filter_column(s, geo, (column, 0, 1), v, None, (re, im));
+            }
+            inverse_kept(s, geo, (re, im), (line_re, line_im), scratch, act);
+            if let Some(out) = out.as_deref_mut() {
+                store_phase(geo, (re, im), out, count, (0, 0));
+            }
+            return;
+        }
+        let g: &[V] = match filter {
+            FilterRef::Shared(v) => v,
+            FilterRef::Owned(v) => v,
+            FilterRef::Columns(..) => unreachable!(),
+        };
+        assert_eq!(g.len(), geo.filter_len(), "Converse2D filter size");
         for phase in 0..phases {
-            let gp = &g[phase * geo.phase_len()..][..geo.phase_len()];
             // Filter, then invert: in place at scale 1, from the spectrum into the phase grid
-            // above it.
+            // at scale s.
             let (dr, di) = if phases == 1 {
-                filter_all(s, geo, gp, None, (re, im));
+                filter_all(s, geo, g, None, (re, im));
                 (&mut *re, &mut *im)
             } else {
+                let gp = &g[phase * geo.phase_len()..][..geo.phase_len()];
                 filter_all(s, geo, gp, Some((re, im)), (phase_re, phase_im));
                 (&mut *phase_re, &mut *phase_im)
             };
@@ -361,10 +389,7 @@ fn store_phase(
     }
 }
 
-/// The filter step of [`solve_grid`], on the padded grid: with Z the spectrum, channel a's is
-/// Xa = (Z[k] + conj Z[-k]) / 2 and channel b's Xb = (Z[k] - conj Z[-k]) / 2i; the result is
-/// Y[k] = Ga Xa + i Gb Xb, and at -k its conjugate parts (the filters are Hermitian). Z is read
-/// from `src` when given (kept for the next phase), else from `dst`.
+/// The filter step of [`solve_grid`], on the padded grid, for all columns of `g`.
 #[inline(always)]
 fn filter_all<S: Simd>(
     s: S,
@@ -373,18 +398,34 @@ fn filter_all<S: Simd>(
     src: Option<(&[V], &[V])>,
     (dr, di): (&mut [V], &mut [V]),
 ) {
+    let wq = geo.wp / 2 + 1;
+    for v in 0..wq {
+        filter_column(s, geo, (g, v, wq), v, src, (&mut *dr, &mut *di));
+    }
+}
+
+/// The filter step for frequency column `v` (of the half spectrum), whose transfer functions
+/// are column `gv` of `g` (`g_cols` columns, four vectors per frequency, row-major): with Z the spectrum, channel a's is
+/// Xa = (Z[k] + conj Z[-k]) / 2 and channel b's Xb = (Z[k] - conj Z[-k]) / 2i; the result is
+/// Y[k] = Ga Xa + i Gb Xb, and at -k its conjugate parts (the filters are Hermitian). So each
+/// `k = (u, v)` sets `Y[k]` and `Y[-k]`; in the columns that are their own mirror (0, and
+/// `wp/2` when `wp` is even) only the rows `u <= hp/2` do. Z is read from `src` when given
+/// (kept for the next phase), else from `dst`.
+#[inline(always)]
+fn filter_column<S: Simd>(
+    s: S,
+    geo: &Geometry,
+    (g, gv, g_cols): (&[V], usize, usize),
+    v: usize,
+    src: Option<(&[V], &[V])>,
+    (dr, di): (&mut [V], &mut [V]),
+) {
     let (hp, wp) = (geo.hp, geo.wp);
-    let wq = wp / 2 + 1;
-    #[inline(always)]
-    fn pair<S: Simd>(
-        s: S,
-        (hp, wp, wq): (usize, usize, usize),
-        g: &[V],
-        src: Option<(&[V], &[V])>,
-        (dr, di): (&mut [V], &mut [V]),
-        (u, v): (usize, usize),
-    ) {
-        let (mu, mv) = ((hp - u) % hp, (wp - v) % wp);
+    let mv = (wp - v) % wp;
+    let rows = if mv == v { hp / 2 + 1 } else { hp };
+    for u in 0..rows {
+        let f = &g[4 * (u * g_cols + gv)..][..4];
+        let mu = (hp - u) % hp;
         let (k, mk) = (u * wp + v, mu * wp + mv);
         let (zr, zi, mr, mi) = match src {
             Some((sr, si)) => (sr[k], si[k], sr[mk], si[mk]),
@@ -392,36 +433,24 @@ fn filter_all<S: Simd>(
         };
         let (ar, ai) = (s.scale(s.add(zr, mr), 0.5), s.scale(s.sub(zi, mi), 0.5));
         let (br, bi) = (s.scale(s.add(zi, mi), 0.5), s.scale(s.sub(mr, zr), 0.5));
-        let f = &g[4 * (u * wq + v)..][..4];
         let (pr, pi) = s.cmul(f[0], f[1], ar, ai);
         let (qr, qi) = s.cmul(f[2], f[3], br, bi);
         (dr[mk], di[mk]) = (s.add(pr, qi), s.sub(qr, pi));
         (dr[k], di[k]) = (s.sub(pr, qi), s.add(pi, qr));
     }
-    let dims = (hp, wp, wq);
-    for u in 0..hp {
-        for v in 1..wp.div_ceil(2) {
-            pair(s, dims, g, src, (&mut *dr, &mut *di), (u, v));
-        }
-    }
-    // The columns that are their own mirror: 0, and wp/2 when wp is even.
-    let self_mirrored = if wp % 2 == 0 && wp > 1 { 2 } else { 1 };
-    for v in [0, wp / 2].into_iter().take(self_mirrored) {
-        for u in 0..=hp / 2 {
-            pair(s, dims, g, src, (&mut *dr, &mut *di), (u, v));
-        }
-    }
 }
 
 /// Reusable vector buffers for the groups in flight, shared by every fused solve of the
-/// process: fresh allocations this large are page-faulted in on every call, which costs more
-/// than the solve of a small image. It keeps what the widest call had in flight at the current
-/// size, and [`clear`](Self::clear) (through [`crate::ops::clear_caches`]) frees it.
+/// process: fresh allocations this large are page-faulted in on every call, which costs about a
+/// tenth of a solve. Each op first [`fit`](Self::fit)s it to its own sizes, so it holds no more
+/// than the widest op of the current size had in flight; [`clear`](Self::clear) (through
+/// [`crate::ops::clear_caches`]) frees it.
 #[derive(Default)]
 pub(crate) struct Pool(Mutex<Vec<Vec<V>>>);
 
 impl Pool {
-    /// A buffer of `len` vectors (contents unspecified).
+    /// A buffer of `len` vectors (contents unspecified): a pooled one at most a quarter larger,
+    /// else a new one.
     pub(crate) fn take(&self, len: usize) -> Vec<V> {
         if len == 0 {
             return Vec::new();
@@ -430,21 +459,38 @@ impl Pool {
         let best = bufs
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() <= len + len / 4)
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         let mut v = match best {
             Some(i) => bufs.swap_remove(i),
             None => {
-                // Buffers too small for this size are not going to fit the next ones either.
-                bufs.retain(|b| b.capacity() >= len);
                 drop(bufs);
-                Vec::with_capacity(len)
+                // Zeroed by the system, page by page as it is written.
+                return vec![V::default(); len];
             }
         };
         v.resize(len, V::default());
         v.truncate(len);
         v
+    }
+
+    /// Drops the buffers an op taking buffers of `sizes` (vectors; 0 for none) would not use,
+    /// those [`take`](Self::take) would not give for any of them.
+    pub(crate) fn fit(&self, sizes: &[usize]) {
+        let fits = |b: &Vec<V>| {
+            let c = b.capacity();
+            sizes
+                .iter()
+                .any(|&len| len > 0 && c >= len && c <= len + len / 4)
+        };
+        let mut bufs = lock(&self.0);
+        let before = bufs.len();
+        bufs.retain(fits);
+        if bufs.len() < before {
+            drop(bufs);
+            release_freed_memory();
+        }
     }
 
     pub(crate) fn give(&self, v: Vec<V>) {
@@ -462,6 +508,16 @@ impl Pool {
             .iter()
             .map(|b| b.capacity() * size_of::<V>())
             .sum()
+    }
+}
+
+/// Hands memory the allocator keeps after frees back to the system (glibc keeps freed blocks of
+/// up to 32 MiB in its arenas, which a solve of another size would not use).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -535,20 +591,13 @@ pub(crate) enum Filters<'a> {
     PerCall(&'a Taps),
 }
 
-/// A group's transfer function, shared from a cache or owned (and given back to the pool).
+/// A group's transfer function: shared from a cache, owned whole (and given back to the pool),
+/// or made a pair of frequency rows at a time while the solve uses them (at scale 1, when it is
+/// not kept: no group-sized buffer at all).
 pub(crate) enum FilterRef {
     Shared(Arc<Vec<V>>),
     Owned(Vec<V>),
-}
-
-impl std::ops::Deref for FilterRef {
-    type Target = [V];
-    fn deref(&self) -> &[V] {
-        match self {
-            Self::Shared(v) => v,
-            Self::Owned(v) => v,
-        }
-    }
+    Columns(Box<transfer::Columns>, usize),
 }
 
 impl FilterRef {
@@ -569,11 +618,20 @@ impl Filters<'_> {
     /// The transfer function of group `g` (channels `16g..`) of kernel set `set`.
     pub(crate) fn group(&self, geo: &Geometry, set: usize, g: usize, pool: &Pool) -> FilterRef {
         let taps = self.taps();
+        let unkept = || {
+            if geo.s > 1 {
+                return FilterRef::Owned(build_group(taps, geo, set, g, pool));
+            }
+            let chans = g * GROUP..taps.channels().min((g + 1) * GROUP);
+            let count = chans.len();
+            let cols = transfer::Columns::new(taps, set, &lane_order(chans), (geo.hp, geo.wp));
+            FilterRef::Columns(Box::new(cols), count)
+        };
         let cache = match self {
             Self::Cached(_, cache) if cache.keep.load(std::sync::atomic::Ordering::Relaxed) => {
                 cache
             }
-            _ => return FilterRef::Owned(build_group(taps, geo, set, g, pool)),
+            _ => return unkept(),
         };
         let groups = taps.channels().div_ceil(GROUP);
         let key = (geo.hp, geo.wp, geo.s);
@@ -583,8 +641,7 @@ impl Filters<'_> {
         {
             return FilterRef::Shared(f.clone());
         }
-        let f = build_group(taps, geo, set, g, pool);
-        let bytes = f.len() * size_of::<V>();
+        let bytes = geo.filter_len() * size_of::<V>();
         let fits = CACHED_BYTES
             .fetch_update(
                 std::sync::atomic::Ordering::Relaxed,
@@ -593,9 +650,9 @@ impl Filters<'_> {
             )
             .is_ok();
         if !fits {
-            return FilterRef::Owned(f);
+            return unkept();
         }
-        let f = Arc::new(f);
+        let f = Arc::new(build_group(taps, geo, set, g, &Pool::default()));
         let mut map = lock(&cache.groups);
         let slots = map
             .entry(key)
@@ -631,56 +688,84 @@ fn build_group(taps: &Taps, geo: &Geometry, set: usize, g: usize, pool: &Pool) -
     let (hp, wp) = (geo.hp, geo.wp);
     let wq = wp / 2 + 1;
     let norm = 1.0 / (s * s * hp * wp) as f64;
-    let phase_len = geo.phase_len();
     let chans = c0..c0 + count;
     if s == 1 {
-        transfer::build(taps, set, chans, (hp, wp), 1, |u, re, im| {
-            lanes_row(&mut out[4 * u * wq..][..4 * wq], re, im, count, norm)
-        });
+        let mut cols = transfer::Columns::new(taps, set, &lane_order(chans), (hp, wp));
+        let width = cols.width();
+        let mut column = vec![V::default(); 4 * hp];
+        for v in 0..wq {
+            lanes_column(&mut column, cols.column(v), width, count, norm);
+            for (u, d) in column.chunks_exact(4).enumerate() {
+                out[4 * (u * wq + v)..][..4].copy_from_slice(d);
+            }
+        }
         return out;
     }
-    let wq_big = s * wp / 2 + 1;
-    let (mut g_re, mut g_im) = (vec![0.0; s * hp * wq_big], vec![0.0; s * hp * wq_big]);
-    for (f, c) in chans.enumerate() {
-        transfer::build(taps, set, c..c + 1, (hp, wp), s, |u, re, im| {
-            g_re[u * wq_big..][..wq_big].copy_from_slice(re);
-            g_im[u * wq_big..][..wq_big].copy_from_slice(im);
-        });
-        transfer::phases((&g_re, &g_im), (hp, wp), s, |phase, u, re, im| {
-            let row = &mut out[phase * phase_len + 4 * u * wq..][..4 * wq];
-            let (lane, part) = (f / 2, 2 * (f % 2));
-            for (v, (r, i)) in re.iter().zip(im).enumerate() {
-                row[4 * v + part].0[lane] = (r * norm) as f32;
-                row[4 * v + part + 1].0[lane] = (i * norm) as f32;
+    // Every filter at once, a row of every phase at a time.
+    transfer::build_scaled(
+        taps,
+        set,
+        &lane_order(chans),
+        (hp, wp),
+        s,
+        |phase, u, row| {
+            let width = row.len() / (2 * wq);
+            let (re, im) = row.split_at(wq * width);
+            let dst = &mut out[phase * geo.phase_len() + 4 * u * wq..][..4 * wq];
+            for (v, d) in dst.chunks_exact_mut(4).enumerate() {
+                lanes_entry(
+                    d,
+                    (&re[v * width..][..width], &im[v * width..][..width]),
+                    count,
+                    norm,
+                );
             }
-        });
-    }
+        },
+    );
     out
 }
 
-simd_fn! {
-    /// One frequency row of a group's transfer functions into the lane layout: `re` and `im`
-    /// hold `(wq, count)`, filters innermost; `row` gets four vectors per frequency.
-    fn lanes_row(_s, row: &mut [V], re: &[f64], im: &[f64], count: usize, norm: f64) {
-        if count == GROUP {
-            for (v, out) in row.chunks_exact_mut(4).enumerate() {
-                let (gr, gi) = (&re[v * GROUP..][..GROUP], &im[v * GROUP..][..GROUP]);
-                for l in 0..LANES {
-                    out[0].0[l] = (gr[2 * l] * norm) as f32;
-                    out[1].0[l] = (gi[2 * l] * norm) as f32;
-                    out[2].0[l] = (gr[2 * l + 1] * norm) as f32;
-                    out[3].0[l] = (gi[2 * l + 1] * norm) as f32;
-                }
-            }
-            return;
+/// The order in which a group's transfer functions are made: for a whole group the even
+/// channels then the odd ones, so that each frequency's 16 values are the four lane vectors in a
+/// row (real and imaginary parts of the even channels, then of the odd ones).
+fn lane_order(chans: std::ops::Range<usize>) -> Vec<usize> {
+    if chans.len() == GROUP {
+        chans
+            .clone()
+            .step_by(2)
+            .chain(chans.skip(1).step_by(2))
+            .collect()
+    } else {
+        chans.collect()
+    }
+}
+
+/// One frequency of a group's transfer functions into its four lane vectors: `(gr, gi)` per
+/// filter in [`lane_order`].
+#[inline(always)]
+fn lanes_entry(d: &mut [V], (gr, gi): (&[f64], &[f64]), count: usize, norm: f64) {
+    if count == GROUP {
+        for l in 0..LANES {
+            d[0].0[l] = (gr[l] * norm) as f32;
+            d[1].0[l] = (gi[l] * norm) as f32;
+            d[2].0[l] = (gr[LANES + l] * norm) as f32;
+            d[3].0[l] = (gi[LANES + l] * norm) as f32;
         }
-        for (v, out) in row.chunks_exact_mut(4).enumerate() {
-            let (gr, gi) = (&re[v * count..][..count], &im[v * count..][..count]);
-            for f in 0..count {
-                let (lane, part) = (f / 2, 2 * (f % 2));
-                out[part].0[lane] = (gr[f] * norm) as f32;
-                out[part + 1].0[lane] = (gi[f] * norm) as f32;
-            }
+    } else {
+        for f in 0..count {
+            let (lane, part) = (f / 2, 2 * (f % 2));
+            d[part].0[lane] = (gr[f] * norm) as f32;
+            d[part + 1].0[lane] = (gi[f] * norm) as f32;
+        }
+    }
+}
+
+simd_fn! {
+    /// One frequency column of a group's transfer functions into the lane layout: `col` holds
+    /// `(hp, 2, width)`, the filters innermost in [`lane_order`]; `out` gets four vectors per row.
+    fn lanes_column(_s, out: &mut [V], col: &[f64], width: usize, count: usize, norm: f64) {
+        for (d, row) in out.chunks_exact_mut(4).zip(col.chunks_exact(2 * width)) {
+            lanes_entry(d, row.split_at(width), count, norm);
         }
     }
 }
@@ -702,6 +787,7 @@ pub(crate) fn solve(
     taps.check_fits((geo.hp, geo.wp), geo.s)?;
     let (plane, plane_out) = (h * w, h * w * geo.s * geo.s);
     let pool = pool();
+    geo.fit_pool(pool);
     let mut jobs = vec![];
     for (i, (xi, oi)) in x
         .chunks(c * plane)
@@ -721,10 +807,71 @@ pub(crate) fn solve(
         let mut grid = Grid::new(geo, pool);
         grid.load(geo, xg, count);
         grid.fill_padding(geo);
-        let f = filters.group(geo, set, g, pool);
-        grid.solve_into(geo, &f, act, og, count);
+        let mut f = filters.group(geo, set, g, pool);
+        grid.solve_into(geo, &mut f, act, og, count);
         f.release(pool);
         grid.give_back(pool);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::ops::transfer::Taps;
+    use candle_core::{Device, Tensor};
+
+    /// Not a test: times the SR upsamplers' builds (kernel 2, scale 2) of one group.
+    #[test]
+    #[ignore]
+    fn scaled_build_speed() {
+        let geo = Geometry::new((256, 256), 2, 2, PaddingMode::Replicate);
+        let k = Tensor::rand(0f32, 1.0, (1, 16, 2, 2), &Device::Cpu).unwrap();
+        let lam = Tensor::full(0.01f32, (1, 16, 1, 1), &Device::Cpu).unwrap();
+        let taps = Taps::new(&k, &lam).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            build_group(&taps, &geo, 0, 0, &Pool::default());
+        }
+        println!(
+            "s=2 build: {:.2} ms per group",
+            t.elapsed().as_secs_f64() * 1e3 / 10.0
+        );
+    }
+
+    /// Not a test: `cargo test --release --lib speed -- --ignored --nocapture` times one group.
+    #[test]
+    #[ignore]
+    fn group_solve_speed() {
+        for (h, pad) in [(256, 2), (256, 6)] {
+            let geo = Geometry::new((h, h), pad, 1, PaddingMode::Circular);
+            let dev = Device::Cpu;
+            let k = Tensor::rand(0f32, 1.0, (1, 16, 3, 3), &dev).unwrap();
+            let lam = Tensor::full(0.01f32, (1, 16, 1, 1), &dev).unwrap();
+            let taps = Taps::new(&k, &lam).unwrap();
+            let pool = Pool::default();
+            let planes = vec![0.5f32; 16 * h * h];
+            let mut grid = Grid::new(&geo, &pool);
+            let g = build_group(&taps, &geo, 0, 0, &pool);
+            let mut f = FilterRef::Owned(g);
+            let reps = 20;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                grid.load(&geo, &planes, 16);
+                grid.fill_padding(&geo);
+                grid.solve(&geo, &mut f, true);
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let cols = transfer::Columns::new(&taps, 0, &lane_order(0..16), (geo.hp, geo.wp));
+                let mut r = FilterRef::Columns(Box::new(cols), 16);
+                grid.load(&geo, &planes, 16);
+                grid.fill_padding(&geo);
+                grid.solve(&geo, &mut r, true);
+            }
+            let ms_rows = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+            println!("{h}+2*{pad}: {ms:.2} ms per group (stored filter), {ms_rows:.2} ms (made while solving)");
+        }
+    }
 }
