@@ -1,6 +1,10 @@
-//! CPU benchmark of the four released models: milliseconds per image, the time per op kind
-//! against the GEMM and FFT rates measured at start, and peak resident memory per model (each
-//! case runs in a child process, so its `VmHWM` is its own).
+//! CPU benchmark of the four released models. Per case:
+//! - **what users run**: the whole `converse restore` command on one image, cold (a fresh
+//!   process each round), its wall time and peak resident memory; with the official code
+//!   configured, the official forward pass in a fresh Python process in the same round, and
+//!   the paired ratio (official forward over our whole command);
+//! - in a child process, the first forward pass profiled per op kind (the transfer functions'
+//!   share included) against the GEMM and FFT rates measured at start, then warm passes.
 //!
 //! ```sh
 //! cargo bench --bench models                     # all cases
@@ -8,11 +12,10 @@
 //! ```
 //!
 //! Environment: `CONVERSE_WEIGHTS` (default `../shared/weights`), `CONVERSE_BENCH_JSON` (default
-//! `target/bench/models.json`), `CONVERSE_BENCH_REPS` (timed runs per case after one warm-up,
-//! default 3). With `CONVERSE_OFFICIAL` (a copy of the official repository),
-//! `CONVERSE_OFFICIAL_SCRIPT` (a script that times one case, see the README) and optionally
-//! `CONVERSE_PYTHON`, each case is also run with the official PyTorch code under
-//! `/usr/bin/time -v`, right after ours, and the ratio is reported.
+//! `target/bench/models.json`), `CONVERSE_BENCH_REPS` (warm passes, default 3),
+//! `CONVERSE_BENCH_ROUNDS` (cold rounds, default 3). With `CONVERSE_OFFICIAL` (a copy of the
+//! official repository), `CONVERSE_OFFICIAL_SCRIPT` (`benches/official_bench.py`) and optionally
+//! `CONVERSE_PYTHON`, each round also runs the official code.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -154,7 +157,7 @@ fn child(name: &str) -> Res<String> {
         )?;
     }
     write!(ops, "\"rest\": {{\"ms\": {:.1}}}", (total - counted) * 1e3)?;
-    // Then the next calls, which reuse the kept transfer functions.
+    // Then warm calls (transfer functions are rebuilt unless CONVERSE_FILTER_CACHE_MB keeps them).
     let mut times = vec![];
     for _ in 0..reps {
         let s = Instant::now();
@@ -171,33 +174,139 @@ fn child(name: &str) -> Res<String> {
     ))
 }
 
-/// Runs the official code on `name` under `/usr/bin/time -v`: `(ms per image, peak RSS MiB)`.
-fn official(name: &str) -> Option<(f64, f64)> {
-    let repo = std::env::var("CONVERSE_OFFICIAL").ok()?;
-    let script = std::env::var("CONVERSE_OFFICIAL_SCRIPT").ok()?;
-    let python = std::env::var("CONVERSE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg(python)
-        .arg(script)
-        .arg(repo)
-        .arg(weights_dir())
-        .arg(name)
-        .output()
-        .ok()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let field = |text: &str, key: &str| -> Option<f64> {
-        let rest = &text[text.find(key)? + key.len()..];
-        let end = rest.find([',', '}', '\n']).unwrap_or(rest.len());
-        rest[..end].trim().parse().ok()
+/// Runs `cmd` to the end: `(wall seconds, peak RSS MiB, stdout)`; its stderr is passed on.
+fn measure(cmd: &mut Command) -> Res<(f64, f64, String)> {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .ok_or("no stdout")?
+        .read_to_string(&mut stdout)?;
+    #[cfg(target_os = "linux")]
+    let (ok, rss) = {
+        let mut status = 0;
+        // SAFETY: rusage is plain data; wait4 reaps this child and fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        (ok, usage.ru_maxrss as f64 / 1024.0)
     };
-    let ms = field(&stdout, "\"ms_per_image\":");
-    let rss = field(&stderr, "Maximum resident set size (kbytes):");
-    if ms.is_none() {
-        eprintln!("official {name} failed:\n{stderr}");
+    #[cfg(not(target_os = "linux"))]
+    let (ok, rss) = (child.wait()?.success(), f64::NAN);
+    let wall = start.elapsed().as_secs_f64();
+    if !ok {
+        return Err(format!("{cmd:?} failed").into());
     }
-    Some((ms?, rss? / 1024.0))
+    Ok((wall, rss, stdout))
+}
+
+/// The case's input image, written once under `target/bench`.
+fn input_image(name: &str, c: usize, side: usize) -> Res<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.png"));
+    let v = |x: usize, y: usize, ch: usize| {
+        let (fx, fy) = (x as f32 / side as f32, y as f32 / side as f32);
+        let t = ((x * 7 + y * 13 + ch * 5) % 23) as f32 / 23.0;
+        let v = 0.5 + 0.3 * (6.0 * fx + ch as f32).sin() * (4.0 * fy).cos() + 0.1 * t;
+        (v.clamp(0.0, 1.0) * 255.0) as u8
+    };
+    let s = side as u32;
+    if c == 1 {
+        image::GrayImage::from_fn(s, s, |x, y| image::Luma([v(x as usize, y as usize, 0)]))
+            .save(&path)?;
+    } else {
+        image::RgbImage::from_fn(s, s, |x, y| {
+            let (x, y) = (x as usize, y as usize);
+            image::Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)])
+        })
+        .save(&path)?;
+    }
+    Ok(path)
+}
+
+/// Cold rounds of `converse restore` on one image, each beside the official forward pass when
+/// configured; returns the JSON fields and prints a line.
+fn cold(name: &str, kind: ModelKind, c: usize, side: usize) -> Res<String> {
+    let rounds: usize = std::env::var("CONVERSE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let input = input_image(name, c, side)?;
+    let output = input.with_file_name(format!("{name}-out.png"));
+    let task = match kind {
+        ModelKind::DnCNN => "denoise",
+        ModelKind::SRResNet => "sr",
+        _ => "deblur",
+    };
+    let official = std::env::var("CONVERSE_OFFICIAL")
+        .ok()
+        .zip(std::env::var("CONVERSE_OFFICIAL_SCRIPT").ok());
+    let (mut ours, mut ours_rss, mut theirs, mut theirs_rss, mut ratios) =
+        (vec![], 0f64, vec![], 0f64, vec![]);
+    for _ in 0..rounds {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converse"));
+        cmd.args(["restore", "-q", "--overwrite", "--task", task])
+            .arg("--weights")
+            .arg(weights_dir())
+            .arg("-i")
+            .arg(&input)
+            .arg("-o")
+            .arg(&output);
+        if kind == ModelKind::USRNet {
+            cmd.args(["--kernel", "gaussian:1.6"]);
+        }
+        let (wall, rss, _) = measure(&mut cmd)?;
+        if !output.exists() {
+            return Err(format!("{name}: converse restore wrote nothing").into());
+        }
+        ours.push(wall * 1e3);
+        ours_rss = ours_rss.max(rss);
+        if let Some((repo, script)) = &official {
+            let python = std::env::var("CONVERSE_PYTHON").unwrap_or_else(|_| "python3".into());
+            let mut cmd = Command::new(python);
+            cmd.arg(script).arg(repo).arg(weights_dir()).arg(name);
+            let (_, rss, stdout) = measure(&mut cmd)?;
+            let ms = stdout
+                .split("\"ms_per_image\": ")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next()?.trim().parse::<f64>().ok())
+                .ok_or_else(|| format!("official {name} printed no timing: {stdout}"))?;
+            theirs.push(ms);
+            theirs_rss = theirs_rss.max(rss);
+            ratios.push(ms / (wall * 1e3));
+        }
+    }
+    let mut line = format!(
+        "{name:>14}  converse restore (whole command, cold): {:.0} ms [{:.0}-{:.0}], peak {ours_rss:.0} MiB",
+        median(ours.clone()),
+        ours.iter().cloned().fold(f64::INFINITY, f64::min),
+        ours.iter().cloned().fold(0.0, f64::max),
+    );
+    let mut json = format!(
+        "\"restore_ms\": {:.1}, \"restore_times_ms\": {ours:.1?}, \"restore_peak_rss_mb\": {ours_rss:.0}",
+        median(ours.clone())
+    );
+    if !ratios.is_empty() {
+        let ratio = median(ratios.clone());
+        write!(
+            line,
+            "; official forward {:.0} ms, peak {theirs_rss:.0} MiB; {ratio:.1}x [{:.1}-{:.1}]",
+            median(theirs.clone()),
+            ratios.iter().cloned().fold(f64::INFINITY, f64::min),
+            ratios.iter().cloned().fold(0.0, f64::max),
+        )?;
+        write!(
+            json,
+            ", \"official_forward_ms\": {:.1}, \"official_times_ms\": {theirs:.1?}, \"official_peak_rss_mb\": {theirs_rss:.0}, \"speedup\": {ratio:.2}, \"speedups\": {ratios:.2?}",
+            median(theirs.clone())
+        )?;
+    }
+    println!("{line}");
+    Ok(json)
 }
 
 fn main() -> Res<()> {
@@ -220,7 +329,8 @@ fn main() -> Res<()> {
         println!("{k:>12} {v:8.1}   {what}");
     }
     let mut cases = vec![];
-    for &&(name, ..) in &picked {
+    for &&(name, kind, c, side) in &picked {
+        let cold = cold(name, kind, c, side)?;
         let out = Command::new(std::env::current_exe()?)
             .args(["--child", name])
             .output()?;
@@ -229,26 +339,7 @@ fn main() -> Res<()> {
         }
         let ours = String::from_utf8(out.stdout)?.trim().to_owned();
         println!("{ours}");
-        let mut json = ours.trim_end_matches('}').to_owned();
-        if let Some((ms, rss)) = official(name) {
-            let our_ms = ours
-                .split("\"ms_per_image\": ")
-                .nth(1)
-                .and_then(|r| r.split(',').next()?.parse::<f64>().ok())
-                .unwrap_or(f64::NAN);
-            println!(
-                "{name:>14}  official {ms:.0} ms, peak {rss:.0} MiB; speed-up {:.1}x",
-                ms / our_ms
-            );
-            write!(
-                json,
-                ", \"official_ms_per_image\": {ms:.1}, \"official_peak_rss_mb\": {rss:.0}, \
-                 \"speedup\": {:.2}",
-                ms / our_ms
-            )?;
-        }
-        json.push('}');
-        cases.push(json);
+        cases.push(format!("{}, {cold}}}", ours.trim_end_matches('}')));
     }
     let prims = prims
         .iter()

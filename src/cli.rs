@@ -92,18 +92,24 @@ pub struct RestoreArgs {
     /// JPEG quality, 1-100.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
-    /// Tile side in pixels (0: never tile; default: tile only beyond --max-memory).
+    /// Tile side in pixels (0: never tile; default: whole when the image fits --max-memory,
+    /// else the largest tiles that do).
     #[arg(long, value_name = "SIZE")]
     pub tile: Option<usize>,
-    /// Overlap between tiles, in pixels.
-    #[arg(long, value_name = "PX", default_value_t = converse::restore::DEFAULT_TILE_OVERLAP)]
-    pub tile_overlap: usize,
+    /// Overlap between tiles, in pixels (default: how far the model's output depends on its
+    /// input, measured per model).
+    #[arg(long, value_name = "PX")]
+    pub tile_overlap: Option<usize>,
     /// Memory budget for a model run, e.g. 8G or 512M (default: half the available memory).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
     /// Refuse images with more pixels than this (decompression bombs).
     #[arg(long, value_name = "N", default_value_t = image_io::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Print the plan (one line per input: model, whole or tiles, estimated peak memory) and
+    /// exit, reading no weights and writing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,

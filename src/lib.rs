@@ -26,6 +26,7 @@ pub mod eval;
 pub mod files;
 pub mod image_io;
 pub mod kernel;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod ops;

@@ -218,10 +218,12 @@ impl ConverseBlock {
 
 impl Module for ConverseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match Backend::of(x) {
+        let y = match Backend::of(x) {
             Backend::Fused => x.contiguous()?.apply_op1_no_bwd(&FusedBlock(self)),
             Backend::Reference => self.forward_reference(x),
-        }
+        };
+        crate::progress::step();
+        y
     }
 }
 

@@ -1,8 +1,116 @@
-//! Progress bars: shown on a terminal only, and never with `--quiet`.
+//! Progress bars: shown on a terminal only, and never with `--quiet`; and the steps inside a
+//! model run ([`step`], one per `ConverseBlock`) that move them.
 
+use std::cell::RefCell;
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
+
+thread_local! {
+    static ON_STEP: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+}
+
+/// Runs `body` with `on_step` called at every [`step`] it makes on this thread.
+pub fn with_steps<R>(on_step: impl FnMut() + 'static, body: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ON_STEP.with(|s| s.borrow_mut().take());
+        }
+    }
+    ON_STEP.with(|s| *s.borrow_mut() = Some(Box::new(on_step)));
+    let _reset = Reset;
+    body()
+}
+
+/// One step of work done (a `ConverseBlock`); moves the bar of [`with_steps`], if any.
+pub fn step() {
+    ON_STEP.with(|s| {
+        if let Some(f) = s.borrow_mut().as_mut() {
+            f()
+        }
+    })
+}
+
+/// The bars of a `restore` run: the images done (for more than one), and the steps of the
+/// current image, with its name and ETA.
+pub struct RestoreBars {
+    images: Option<ProgressBar>,
+    image: ProgressBar,
+    multi: Option<MultiProgress>,
+}
+
+impl RestoreBars {
+    pub fn new(images: u64, quiet: bool) -> Self {
+        let shown = !quiet && std::io::stderr().is_terminal();
+        let style = |t: &str| {
+            ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar())
+        };
+        let image = if shown {
+            ProgressBar::new(0).with_style(style(
+                "{bar:30.cyan/blue} {percent:>3}% {wide_msg} [{elapsed_precise} < {eta_precise}]",
+            ))
+        } else {
+            ProgressBar::hidden()
+        };
+        if images < 2 {
+            return Self {
+                images: None,
+                image,
+                multi: None,
+            };
+        }
+        let all = if shown {
+            ProgressBar::new(images).with_style(style("{bar:30.green/blue} {pos}/{len} images"))
+        } else {
+            ProgressBar::hidden()
+        };
+        let multi = shown.then(|| {
+            let m = MultiProgress::new();
+            let all = m.add(all.clone());
+            m.add(image.clone());
+            all.tick();
+            m
+        });
+        Self {
+            images: Some(all),
+            image,
+            multi: multi,
+        }
+    }
+
+    /// Starts an image of `steps` steps; returns the callback for [`with_steps`].
+    pub fn start(&self, name: String, steps: u64) -> impl FnMut() + 'static {
+        self.image.reset();
+        self.image.set_length(steps.max(1));
+        self.image.set_message(name);
+        let bar = self.image.clone();
+        move || bar.inc(1)
+    }
+
+    /// The current image is done (restored, skipped or failed).
+    pub fn done(&self) {
+        self.image.set_position(self.image.length().unwrap_or(0));
+        if let Some(all) = &self.images {
+            all.inc(1)
+        }
+    }
+
+    /// Prints without tearing the bars.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.multi {
+            Some(m) => m.suspend(f),
+            None => self.image.suspend(f),
+        }
+    }
+
+    pub fn finish(&self) {
+        self.image.finish_and_clear();
+        if let Some(all) = &self.images {
+            all.finish_and_clear()
+        }
+    }
+}
 
 /// A bar over `total` items: done/total, the current name, elapsed time and ETA.
 pub fn bar(total: u64, quiet: bool) -> ProgressBar {

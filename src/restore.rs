@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::image_io::resize::imresize;
 use crate::image_io::Picture;
 use crate::kernel::Kernel;
+use crate::memory::{self, Tiling};
 use crate::models::{Model, ModelKind};
 
 /// What to do to an image.
@@ -45,10 +46,7 @@ impl Task {
 
     /// Output size over input size.
     pub fn scale(self) -> usize {
-        match self {
-            Self::Sr => 4,
-            _ => 1,
-        }
+        self.model(false).scale()
     }
 }
 
@@ -61,9 +59,9 @@ pub struct Options {
     pub x8: bool,
     /// Tile side in input pixels: `None` when the memory budget says so, `Some(0)` never.
     pub tile: Option<usize>,
-    /// Overlap between neighbouring tiles, in input pixels.
-    pub tile_overlap: usize,
-    /// Memory budget for one model run, in bytes.
+    /// Overlap between neighbouring tiles, in input pixels: `None` for the model's reach.
+    pub tile_overlap: Option<usize>,
+    /// Memory budget for one image, in bytes.
     pub max_memory: u64,
 }
 
@@ -73,14 +71,44 @@ impl Default for Options {
             gray: false,
             x8: false,
             tile: None,
-            tile_overlap: DEFAULT_TILE_OVERLAP,
+            tile_overlap: None,
             max_memory: default_max_memory(),
         }
     }
 }
 
-/// Default overlap between tiles.
-pub const DEFAULT_TILE_OVERLAP: usize = 32;
+impl Options {
+    /// How an `h x w` image with `channels` colour channels is run by `model`, and its
+    /// estimated peak memory (no weights needed).
+    pub fn plan(&self, model: ModelKind, (h, w, channels): (usize, usize, usize)) -> memory::Plan {
+        let job = memory::Job {
+            kind: model,
+            height: h.max(MIN_SIDE),
+            width: w.max(MIN_SIDE),
+            channels: if self.gray { 1 } else { channels },
+            scale: model.scale(),
+            x8: self.x8,
+        };
+        let req = memory::TileRequest {
+            tile: self.tile,
+            overlap: self.tile_overlap,
+            budget: self.max_memory,
+        };
+        memory::plan(&job, &req, rayon::current_num_threads())
+    }
+
+    /// Model runs (blocks) an image takes: the steps of its progress bar.
+    pub fn steps(&self, model: ModelKind, (h, w, channels): (usize, usize, usize)) -> u64 {
+        let planes = if model == ModelKind::DnCNN && channels == 3 && !self.gray {
+            3
+        } else {
+            1
+        };
+        let runs = planes * self.plan(model, (h, w, channels)).tiling.count() as u64;
+        runs * if self.x8 { 8 } else { 1 } * model.blocks_per_forward()
+    }
+}
+
 /// Smallest side the models run on; smaller images are padded (edge values) and cropped back.
 const MIN_SIDE: usize = 16;
 
@@ -95,15 +123,6 @@ pub fn default_max_memory() -> u64 {
         })
         .map(|kib| kib * 1024 / 2)
         .unwrap_or(4 << 30)
-}
-
-/// Peak bytes one model run needs per input pixel (measured, with headroom).
-fn bytes_per_pixel(kind: ModelKind) -> u64 {
-    match kind {
-        ModelKind::DnCNN => 6 << 10,
-        ModelKind::SRResNet => 48 << 10,
-        ModelKind::ConverseNet | ModelKind::USRNet => 8 << 10,
-    }
 }
 
 /// A model ready to restore images.
@@ -140,6 +159,13 @@ impl Restorer {
             device,
             options,
         })
+    }
+
+    /// Steps of [`crate::progress::step`] that restoring `pic` makes.
+    pub fn steps(&self, pic: &Picture) -> u64 {
+        let (h, w) = (pic.height, pic.width);
+        self.options
+            .steps(self.model.kind(), (h, w, pic.channels.min(3)))
     }
 
     /// Restores a picture. Colour and depth follow the input (gray stays gray); alpha is passed
@@ -221,39 +247,26 @@ impl Restorer {
         Ok((acc.expect("8 runs") / 8.0)?)
     }
 
-    /// The tile side to use for an `h x w` input, or `None` for the whole image.
-    pub fn tile_size(&self, h: usize, w: usize) -> Option<usize> {
-        let overlap = self.options.tile_overlap;
-        match self.options.tile {
-            Some(0) => None,
-            Some(t) => (t < h.max(w)).then_some(t.max(2 * overlap + MIN_SIDE)),
-            None => {
-                let per_px =
-                    bytes_per_pixel(self.model.kind()) * if self.options.x8 { 2 } else { 1 };
-                let whole = (h * w) as u64 * per_px;
-                if whole <= self.options.max_memory {
-                    return None;
-                }
-                let side = ((self.options.max_memory / per_px) as f64).sqrt() as usize;
-                Some(side.max(2 * overlap + 64))
-            }
-        }
-    }
-
     fn tiled(&self, x: &Tensor) -> anyhow::Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
-        let Some(tile) = self.tile_size(h, w) else {
+        let plan = self.options.plan(self.model.kind(), (h, w, c));
+        let Tiling::Tiles {
+            tile: (tile_h, tile_w),
+            overlap,
+            ..
+        } = plan.tiling
+        else {
             return self.forward(x);
         };
         let s = self.task.scale();
-        let overlap = self.options.tile_overlap.min(tile / 2);
-        let rows = tile_starts(h, tile, overlap);
-        let cols = tile_starts(w, tile, overlap);
+        let overlap = overlap.min(tile_h.min(tile_w) / 2);
+        let rows = tile_starts(h, tile_h, overlap);
+        let cols = tile_starts(w, tile_w, overlap);
         let mut out = vec![0f32; c * h * s * w * s];
         let mut weight = vec![0f32; h * s * w * s];
         for &r in &rows {
             for &q in &cols {
-                let (th, tw) = (tile.min(h - r), tile.min(w - q));
+                let (th, tw) = (tile_h.min(h - r), tile_w.min(w - q));
                 let y = self.forward(&x.narrow(2, r, th)?.narrow(3, q, tw)?.contiguous()?)?;
                 let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 // Ramps only on sides that have a neighbour.

@@ -10,8 +10,10 @@ use crate::cli::RestoreArgs;
 use crate::exit_codes::ExitCode;
 use converse::files::{remove_stale_temps, same_file};
 use converse::image_io::{self, Format};
-use converse::progress;
+use converse::memory::human;
+use converse::progress::{self, RestoreBars};
 use converse::restore::{plan, Job, Options, Restorer, Task};
+use converse::ModelKind;
 
 pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     match (a.task, a.scale) {
@@ -52,11 +54,6 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             a.output.display()
         )
     }
-    let device = a.model.device()?;
-    let model = a
-        .model
-        .locator()
-        .load(a.task.model(kernel.is_some()), DType::F32, &device)?;
     let options = Options {
         gray: a.gray,
         x8: a.x8,
@@ -66,16 +63,21 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             .max_memory
             .unwrap_or_else(converse::restore::default_max_memory),
     };
+    let kind = a.task.model(kernel.is_some());
+    if a.dry_run {
+        return Ok(dry_run(&jobs, kind, &options, &a));
+    }
+    let device = a.model.device()?;
+    let model = a.model.locator().load(kind, DType::F32, &device)?;
     let restorer = Restorer::new(model, a.task, kernel.as_ref(), device, options)?;
     // A run killed midway (SIGKILL, Ctrl-C) leaves its temporary file: remove those.
     let out_dirs: BTreeSet<&Path> = jobs.iter().filter_map(|j| j.output.parent()).collect();
     out_dirs.into_iter().for_each(remove_stale_temps);
-    let bar = progress::bar(jobs.len() as u64, a.quiet);
+    let bars = RestoreBars::new(jobs.len() as u64, a.quiet);
     let (mut done, mut skipped, mut failed) = (0, 0, vec![]);
     for job in &jobs {
-        bar.set_message(job.input.display().to_string());
         if job.output.exists() && !a.overwrite && !same_file(&job.input, &job.output) {
-            bar.suspend(|| {
+            bars.suspend(|| {
                 eprintln!(
                     "note: skipping '{}': '{}' exists (--overwrite replaces it)",
                     job.input.display(),
@@ -83,19 +85,19 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
                 )
             });
             skipped += 1;
-            bar.inc(1);
+            bars.done();
             continue;
         }
-        match restore_one(&restorer, job, &a) {
+        match restore_one(&restorer, job, &a, &bars) {
             Ok(()) => done += 1,
             Err(e) => {
-                bar.suspend(|| eprintln!("error: {e:#}"));
+                bars.suspend(|| eprintln!("error: {e:#}"));
                 failed.push((job.input.clone(), format!("{e:#}")));
             }
         }
-        bar.inc(1);
+        bars.done();
     }
-    bar.finish_and_clear();
+    bars.finish();
     if jobs.len() > 1 || !failed.is_empty() || skipped > 0 {
         eprintln!(
             "{done} restored, {skipped} skipped, {} failed",
@@ -112,7 +114,45 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from_failures(failed.len()))
 }
 
-fn restore_one(restorer: &Restorer, job: &Job, a: &RestoreArgs) -> anyhow::Result<()> {
+/// `--dry-run`: one line per input, from the image headers only.
+fn dry_run(jobs: &[Job], kind: ModelKind, options: &Options, a: &RestoreArgs) -> ExitCode {
+    let budget = human(options.max_memory);
+    let mut failed = 0;
+    for job in jobs {
+        match image_io::probe(&job.input, a.max_pixels) {
+            Ok((w, h, c)) => {
+                let plan = options.plan(kind, (h, w, c));
+                let s = kind.scale();
+                let skip = if job.output.exists() && !a.overwrite {
+                    " (the output exists: skipped without --overwrite)"
+                } else {
+                    ""
+                };
+                println!(
+                    "'{}' -> '{}': {kind}, {w}x{h} to {}x{}, {}, estimated peak {} of {budget}{skip}",
+                    job.input.display(),
+                    job.output.display(),
+                    w * s,
+                    h * s,
+                    plan.tiling,
+                    human(plan.peak),
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("'{}': error: {e:#}", job.input.display());
+            }
+        }
+    }
+    ExitCode::from_failures(failed)
+}
+
+fn restore_one(
+    restorer: &Restorer,
+    job: &Job,
+    a: &RestoreArgs,
+    bars: &RestoreBars,
+) -> anyhow::Result<()> {
     if same_file(&job.input, &job.output) {
         bail!(
             "'{}': the output is the input, which is never overwritten",
@@ -136,8 +176,9 @@ fn restore_one(restorer: &Restorer, job: &Job, a: &RestoreArgs) -> anyhow::Resul
             job.input.display()
         )
     }
-    let out = restorer
-        .restore(&pic)
+    let steps = restorer.steps(&pic);
+    let on_step = bars.start(job.input.display().to_string(), steps);
+    let out = progress::with_steps(on_step, || restorer.restore(&pic))
         .with_context(|| format!("cannot restore '{}'", job.input.display()))?;
     if let Some(parent) = job.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)

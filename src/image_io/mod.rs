@@ -95,6 +95,47 @@ pub fn decode(path: &Path, max_pixels: u64) -> anyhow::Result<DynamicImage> {
         .with_context(|| format!("'{}'", path.display()))
 }
 
+/// Width, height and colour channels (1 or 3) of `path` after EXIF orientation, from its header
+/// only (no pixels are decoded).
+pub fn probe(path: &Path, max_pixels: u64) -> anyhow::Result<(usize, usize, usize)> {
+    let reader = ImageReader::open(path)
+        .with_context(|| format!("cannot read '{}'", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    let probe = || -> anyhow::Result<_> {
+        if reader.format().is_none() {
+            bail!("not an image in a supported format (PNG, JPEG, BMP, TIFF, WebP)")
+        }
+        let mut decoder = reader
+            .into_decoder()
+            .map_err(|e| anyhow!("not a valid image: {e}"))?;
+        let (w, h) = decoder.dimensions();
+        if w == 0 || h == 0 {
+            bail!("the image is empty ({w}x{h} pixels)")
+        }
+        if u64::from(w) * u64::from(h) > max_pixels {
+            bail!("the image is {w}x{h} pixels, over the limit of {max_pixels} pixels (raise it with --max-pixels)")
+        }
+        use image::metadata::Orientation::*;
+        let turned = matches!(
+            decoder.orientation().unwrap_or(NoTransforms),
+            Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH
+        );
+        let channels = if decoder.color_type().has_color() {
+            3
+        } else {
+            1
+        };
+        let (w, h) = (w as usize, h as usize);
+        Ok(if turned {
+            (h, w, channels)
+        } else {
+            (w, h, channels)
+        })
+    };
+    probe().with_context(|| format!("'{}'", path.display()))
+}
+
 /// [`decode`] from bytes in memory (the format is guessed from the content), for small images
 /// such as PSFs: the pixel limit is fixed.
 pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> anyhow::Result<DynamicImage> {

@@ -49,6 +49,27 @@ impl ModelKind {
         }
     }
 
+    /// Output side over input side.
+    pub fn scale(self) -> usize {
+        match self {
+            Self::SRResNet => 4,
+            _ => 1,
+        }
+    }
+
+    /// `ConverseBlock`s one forward pass of the released model runs (the steps of a progress
+    /// bar).
+    pub fn blocks_per_forward(self) -> u64 {
+        let stack = |c: conversenet::Config| c.num_iterations * c.num_blocks;
+        (match self {
+            Self::DnCNN => dncnn::Config::released().num_blocks,
+            // conv_body, then upconv1, upconv2 and conv_hres.
+            Self::SRResNet => srresnet::Config::released().num_blocks + 3,
+            Self::ConverseNet => stack(conversenet::Config::released()),
+            Self::USRNet => stack(usrnet::Config::released().prior),
+        }) as u64
+    }
+
     /// The official PyTorch class.
     pub fn class(self) -> &'static str {
         match self {

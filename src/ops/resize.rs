@@ -43,7 +43,7 @@ pub fn upsample_bilinear2d(x: &Tensor, scale: usize) -> Result<Tensor> {
         candle_core::bail!("bilinear upsampling needs a positive scale")
     }
     let h = D::Minus2.to_index(x.shape(), "upsample")?;
-    along(&along(x, scale, h)?, scale, h + 1)
+    along(&along(&x.contiguous()?, scale, h)?, scale, h + 1)
 }
 
 #[cfg(test)]
@@ -59,5 +59,18 @@ mod tests {
         let v = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         assert_eq!(&v[..6], &[0.0, 0.25, 0.75, 1.75, 3.25, 4.0]);
         assert_eq!(&v[..6], &v[6..]);
+    }
+
+    #[test]
+    fn takes_a_strided_input() {
+        let x = Tensor::arange(0f32, 48.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 3, 4, 4))
+            .unwrap();
+        let part = x.narrow(2, 1, 2).unwrap().narrow(3, 1, 2).unwrap();
+        let want = upsample_bilinear2d(&part.contiguous().unwrap(), 2).unwrap();
+        let got = upsample_bilinear2d(&part, 2).unwrap();
+        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
     }
 }

@@ -1,0 +1,327 @@
+//! How much memory a restore takes, and the tiling that keeps it within a budget.
+//!
+//! The estimate models the fused CPU path, with constants fitted to measured peaks (VmHWM of
+//! whole `converse restore` runs at several sizes and thread counts; `tests/planner.rs` checks
+//! it against fresh runs). It has three parts:
+//! - the process, the weights and the libraries ([`BASE`]);
+//! - per pixel of the working resolution, the feature maps a block reads and writes, and the
+//!   image itself;
+//! - the solve grids of one `ConverseBlock`: one per group of 16 hidden channels, at most
+//!   [`GRID_BUDGET`] bytes of them at once, but at least one per thread.
+
+use crate::models::ModelKind;
+use crate::ops::cpu::branch::GRID_BUDGET;
+
+/// The process, weights and libraries, measured on a 16x16 image (17-21 MiB), rounded up.
+pub const BASE: u64 = 24 << 20;
+/// Headroom over the fitted model.
+const MARGIN: f64 = 1.05;
+/// Bytes of one group's solve grid per padded pixel: 8 complex f32 lanes.
+const GRID_BYTES_PER_PX: u64 = 64;
+/// Hidden channels of a `ConverseBlock` (2 x 64 features), 16 to a group.
+const GROUPS: u64 = 8;
+
+/// Feature-map bytes per pixel of the working resolution (the output's, for SR), fitted to the
+/// peaks measured at 128x128 to 1536x1152 (the largest ratio seen, rounded up).
+fn feature_bytes_per_px(kind: ModelKind) -> u64 {
+    match kind {
+        ModelKind::DnCNN | ModelKind::SRResNet => 615,
+        ModelKind::ConverseNet | ModelKind::USRNet => 575,
+    }
+}
+
+/// Padding of the blocks' Converse2D layers, which the solve grids add around the image.
+fn block_padding(kind: ModelKind) -> usize {
+    match kind {
+        ModelKind::DnCNN => 6,
+        ModelKind::SRResNet => 4,
+        ModelKind::ConverseNet | ModelKind::USRNet => 2,
+    }
+}
+
+/// How far, in input pixels, a model's output depends on its input: the tiles' overlap.
+/// Converse2D solves act over the whole image, so the dependence only fades. Measured with
+/// `cargo run --release --example dependence`: cutting a 480x480 image at 48 px from each side
+/// moves no output by half an 8-bit level beyond 127 px (DnCNN) and 104 px (ConverseNet);
+/// SRResNet and USRNet (whose data step is circular over the whole image) still moved outputs
+/// by 2.9 and 9.7 levels at 128 px, the farthest that crop could tell, so they get 192.
+pub fn reach(kind: ModelKind) -> usize {
+    match kind {
+        ModelKind::DnCNN => 128,
+        ModelKind::ConverseNet => 112,
+        ModelKind::SRResNet | ModelKind::USRNet => 192,
+    }
+}
+
+/// What one image asks of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    pub kind: ModelKind,
+    /// Input size.
+    pub height: usize,
+    pub width: usize,
+    /// Colour channels of the input (1 or 3).
+    pub channels: usize,
+    /// Output side over input side.
+    pub scale: usize,
+    /// The 8-fold self-ensemble.
+    pub x8: bool,
+}
+
+/// Peak bytes of one model run on an `h x w` input (a whole image or one tile) with `threads`
+/// worker threads, the process included.
+pub fn model_peak(kind: ModelKind, (h, w): (usize, usize), scale: usize, threads: usize) -> u64 {
+    let (ho, wo) = (h * scale, w * scale);
+    let px = (ho * wo) as u64;
+    let pad = block_padding(kind);
+    let grid = ((ho + 2 * pad) * (wo + 2 * pad)) as u64 * GRID_BYTES_PER_PX;
+    let in_flight = (GRID_BUDGET as u64 / grid.max(1))
+        .max(threads as u64)
+        .clamp(1, GROUPS);
+    let fitted = BASE + px * feature_bytes_per_px(kind) + in_flight * grid;
+    (fitted as f64 * MARGIN) as u64
+}
+
+/// Whole-image buffers beyond one model run: the picture in f32, the output, and, when tiled,
+/// the blending sums; for a colour denoise (three gray runs) the planes done so far.
+fn image_bytes(job: &Job, tiled: bool) -> u64 {
+    let (px, c) = ((job.height * job.width) as u64, job.channels as u64);
+    let px_out = px * (job.scale * job.scale) as u64;
+    let mut bytes = 0;
+    if job.kind == ModelKind::DnCNN && c == 3 {
+        bytes += 2 * c * 4 * px;
+    }
+    if job.x8 {
+        bytes += 2 * c * 4 * px_out;
+    }
+    if tiled {
+        bytes += c * 4 * px + (c * 4 * 2 + 4) * px_out;
+    }
+    bytes
+}
+
+/// How an image is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiling {
+    /// In one piece: exact.
+    Whole,
+    /// In `rows x cols` tiles of up to `tile` (height, width) input pixels, `overlap` apart.
+    Tiles {
+        tile: (usize, usize),
+        overlap: usize,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl Tiling {
+    /// How many model runs the tiling makes.
+    pub fn count(&self) -> usize {
+        match self {
+            Self::Whole => 1,
+            Self::Tiles { rows, cols, .. } => rows * cols,
+        }
+    }
+}
+
+impl std::fmt::Display for Tiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Whole => write!(f, "whole"),
+            Self::Tiles {
+                tile: (th, tw),
+                overlap,
+                rows,
+                cols,
+            } => write!(
+                f,
+                "{} tiles ({rows}x{cols}) of up to {tw}x{th}, overlap {overlap}",
+                rows * cols
+            ),
+        }
+    }
+}
+
+/// A plan for one image: its tiling and the estimated peak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub tiling: Tiling,
+    pub peak: u64,
+}
+
+/// How the user asked to tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileRequest {
+    /// Tile side: `None` from the budget, `Some(0)` never.
+    pub tile: Option<usize>,
+    /// Overlap: `None` for the model's [`reach`].
+    pub overlap: Option<usize>,
+    /// Bytes one image may take.
+    pub budget: u64,
+}
+
+/// Smallest tile side.
+pub const MIN_TILE: usize = 64;
+
+/// Plans `job` within the request, for `threads` worker threads: whole when it fits (or with
+/// `--tile 0`), else tiles as large as the budget allows, balanced over the image.
+pub fn plan(job: &Job, req: &TileRequest, threads: usize) -> Plan {
+    let (h, w) = (job.height, job.width);
+    let peak_of = |th: usize, tw: usize, tiled: bool| {
+        model_peak(job.kind, (th, tw), job.scale, threads) + image_bytes(job, tiled)
+    };
+    let whole = Plan {
+        tiling: Tiling::Whole,
+        peak: peak_of(h, w, false),
+    };
+    let overlap = req.overlap.unwrap_or_else(|| reach(job.kind));
+    let side = match req.tile {
+        Some(0) => return whole,
+        Some(t) => t.max(2 * overlap + MIN_TILE.min(h.max(w))),
+        None if whole.peak <= req.budget => return whole,
+        None => {
+            // The largest square tile that fits; the smallest if none does.
+            let (mut lo, mut hi) = (MIN_TILE + 2 * overlap, h.max(w));
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if peak_of(mid.min(h), mid.min(w), true) <= req.budget {
+                    lo = mid
+                } else {
+                    hi = mid - 1
+                }
+            }
+            lo
+        }
+    };
+    if side >= h && side >= w {
+        return whole;
+    }
+    let (rows, th) = balance(h, side, overlap);
+    let (cols, tw) = balance(w, side, overlap);
+    Plan {
+        tiling: Tiling::Tiles {
+            tile: (th, tw),
+            overlap,
+            rows,
+            cols,
+        },
+        peak: peak_of(th, tw, true),
+    }
+}
+
+/// Tiles along a side of `n` with tiles of at most `max` overlapping by `overlap`: how many,
+/// and the even size that covers the side with that many.
+fn balance(n: usize, max: usize, overlap: usize) -> (usize, usize) {
+    if n <= max {
+        return (1, n);
+    }
+    let count = (n - overlap).div_ceil(max - overlap);
+    let size = (n + (count - 1) * overlap).div_ceil(count);
+    (count, size.min(n))
+}
+
+/// `2.5 GiB`, `740 MiB`.
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", b / (1u64 << 20) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(kind: ModelKind, h: usize, w: usize) -> Job {
+        Job {
+            kind,
+            height: h,
+            width: w,
+            channels: 3,
+            scale: if kind == ModelKind::SRResNet { 4 } else { 1 },
+            x8: false,
+        }
+    }
+
+    fn req(budget: u64) -> TileRequest {
+        TileRequest {
+            tile: None,
+            overlap: None,
+            budget,
+        }
+    }
+
+    #[test]
+    fn a_12_megapixel_photo_runs_whole_in_12_gib() {
+        // Two threads, as here and in CI; each further thread adds a grid (770 MB at this
+        // size), up to eight.
+        for kind in [ModelKind::DnCNN, ModelKind::ConverseNet, ModelKind::USRNet] {
+            let p = plan(&job(kind, 3000, 4000), &req(12 << 30), 2);
+            assert_eq!(p.tiling, Tiling::Whole, "{kind}");
+            assert!(p.peak <= 12 << 30, "{kind}: {}", human(p.peak));
+        }
+    }
+
+    #[test]
+    fn tiles_are_as_large_as_the_budget_allows_and_cover_the_image() {
+        for kind in ModelKind::ALL {
+            let j = job(kind, 2000, 3000);
+            // SR tiles need 4x the side and 192 px of overlap: a larger budget.
+            let budget = if kind == ModelKind::SRResNet {
+                8 << 30
+            } else {
+                600 << 20
+            };
+            let p = plan(&j, &req(budget), 2);
+            let Tiling::Tiles {
+                tile: (th, tw),
+                overlap,
+                rows,
+                cols,
+            } = p.tiling
+            else {
+                panic!("{kind}: whole at {}", human(budget))
+            };
+            assert!(p.peak <= budget, "{kind}: {}", human(p.peak));
+            assert_eq!(overlap, reach(kind));
+            // Covered, and by as few tiles as fit: one row or column fewer would not.
+            assert!(rows * (th - overlap) + overlap >= 2000);
+            assert!(cols * (tw - overlap) + overlap >= 3000);
+            let fits = |h: usize, w: usize| {
+                model_peak(kind, (h, w), j.scale, 2) + image_bytes(&j, true) <= budget
+            };
+            let fewer = |n: usize, k: usize| (n + (k - 2) * overlap).div_ceil(k - 1);
+            assert!(
+                rows == 1 || !fits(fewer(2000, rows), fewer(2000, rows)),
+                "{kind}"
+            );
+            assert!(
+                cols == 1 || !fits(fewer(3000, cols), fewer(3000, cols)),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_tiles_and_never() {
+        let j = job(ModelKind::DnCNN, 1000, 1000);
+        let never = TileRequest {
+            tile: Some(0),
+            overlap: None,
+            budget: 1,
+        };
+        assert_eq!(plan(&j, &never, 2).tiling, Tiling::Whole);
+        let fixed = TileRequest {
+            tile: Some(400),
+            overlap: Some(20),
+            budget: 1,
+        };
+        let t = plan(&j, &fixed, 2).tiling;
+        assert_eq!(t.count(), 9);
+        assert_eq!(t.to_string(), "9 tiles (3x3) of up to 347x347, overlap 20");
+        assert_eq!(balance(100, 100, 10), (1, 100));
+        assert_eq!(balance(250, 100, 20), (3, 97));
+    }
+}

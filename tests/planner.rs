@@ -1,0 +1,147 @@
+//! The memory planner against real runs, and `restore --dry-run`, through the binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{converse, stderr, stdout};
+use converse::restore::{Options, Task};
+use image::{ImageBuffer, Luma, Rgb};
+
+/// A deterministic photo-like image: smooth shapes and texture.
+fn write_image(path: &Path, w: u32, h: u32, color: bool) {
+    let v = |x: u32, y: u32, c: u32| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let t = ((x * 7 + y * 13 + c * 5) % 23) as f32 / 23.0;
+        let v = 0.5 + 0.3 * (6.0 * fx + c as f32).sin() * (4.0 * fy).cos() + 0.1 * t;
+        (v.clamp(0.0, 1.0) * 255.0) as u8
+    };
+    if color {
+        ImageBuffer::from_fn(w, h, |x, y| Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)]))
+            .save(path)
+            .unwrap()
+    } else {
+        ImageBuffer::from_fn(w, h, |x, y| Luma([v(x, y, 0)]))
+            .save(path)
+            .unwrap()
+    }
+}
+
+/// Runs `cmd` to the end; returns its peak resident memory (VmHWM) in bytes.
+#[cfg(target_os = "linux")]
+fn peak_rss(cmd: &mut Command, log: &Path) -> u64 {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by wait4 for the child just spawned.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    usage.ru_maxrss as u64 * 1024
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn estimates_cover_the_measured_peak_within_one_and_a_half() {
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(Task, bool, [(u32, u32); 2]); 4] = [
+        (Task::Denoise, false, [(256, 256), (512, 384)]),
+        (Task::Sr, false, [(64, 64), (128, 96)]),
+        (Task::Deblur, false, [(256, 256), (512, 384)]),
+        (Task::Deblur, true, [(256, 256), (512, 384)]),
+    ];
+    let options = Options {
+        tile: Some(0),
+        ..Options::default()
+    };
+    let mut report = vec![];
+    for (task, with_kernel, sizes) in cases {
+        let kind = task.model(with_kernel);
+        for (w, h) in sizes {
+            let color = task != Task::Denoise;
+            let input = tmp.path().join(format!("{kind}-{w}x{h}.png"));
+            write_image(&input, w, h, color);
+            let mut cmd = converse(tmp.path());
+            cmd.args(["restore", "-q", "--tile", "0", "--task", task.name()])
+                .arg("--weights")
+                .arg(shared.join("weights"))
+                .arg("-i")
+                .arg(&input)
+                .arg("-o")
+                .arg(tmp.path().join("out.png"))
+                .arg("--overwrite");
+            if with_kernel {
+                cmd.args(["--kernel", "gaussian:1.6"]);
+            }
+            let real = peak_rss(&mut cmd, &tmp.path().join("log"));
+            let c = if color { 3 } else { 1 };
+            let est = options.plan(kind, (h as usize, w as usize, c)).peak;
+            let ratio = est as f64 / real as f64;
+            report.push(format!(
+                "{kind} {w}x{h}: estimate {} MiB, peak {} MiB, ratio {ratio:.2}",
+                est >> 20,
+                real >> 20
+            ));
+            assert!((1.0..=1.5).contains(&ratio), "{}", report.join("\n"));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn dry_run_prints_the_plan_reads_no_weights_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    write_image(&input.join("a.png"), 300, 200, true);
+    write_image(&input.join("b.png"), 1200, 900, true);
+    std::fs::write(input.join("c.png"), b"not a png").unwrap();
+    let out = tmp.path().join("out");
+    let o = converse(tmp.path())
+        .args([
+            "restore",
+            "--task",
+            "deblur",
+            "--dry-run",
+            "--max-memory",
+            "400M",
+        ])
+        .args(["--weights", "/nonexistent"])
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}\n{}", stderr(&o));
+    assert!(
+        lines[0].contains("a.png'")
+            && lines[0].contains("conversenet, 300x200 to 300x200, whole, estimated peak"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("b.png'") && lines[1].contains(" tiles (") && !lines[1].contains("whole"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("c.png': error: "), "{}", lines[2]);
+    // The bad file fails its line; nothing was read or written.
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!out.exists());
+    assert!(!tmp.path().join("converse").exists());
+}
