@@ -20,7 +20,10 @@ use converse::weights::WeightsLocator;
 impl ModelArgs {
     /// The device asked for, or the default one, opened.
     pub fn device(&self) -> anyhow::Result<Device> {
-        self.device.unwrap_or_else(DeviceSpec::auto).open()
+        match self.device {
+            Some(d) => d.open(),
+            None => Ok(DeviceSpec::open_auto()),
+        }
     }
 
     pub fn locator(&self) -> WeightsLocator {

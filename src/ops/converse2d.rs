@@ -72,6 +72,15 @@ enum Source<'a> {
 /// regularisation `lam` `(1, C, 1, 1)`; returns `(N, C, H*scale, W*scale)`. The transfer
 /// functions are built for this call only; a layer with fixed kernels should be a
 /// [`Converse2d`], which keeps them.
+///
+/// On a GPU (the reference path) the kernels, a few KB, are read back to the host, the transfer
+/// functions are built there (the separable DFT of the taps, in f64, in parallel) and uploaded
+/// once for the call: `(N, C, s², 2, H, W/2+1)` values. This is Converse-USRNet's data step,
+/// whose kernels come from the blur kernel of each image: one small download and one upload per
+/// data step, by choice, rather than a DFT kernel of our own on the device. A [`Converse2d`]
+/// layer builds and uploads its transfer functions once per input size and device, and keeps
+/// them. Nothing else in the reference path is read back from the device (padding and resizing
+/// upload small index tables per call).
 pub fn solve(
     x: &Tensor,
     kernel: &Tensor,

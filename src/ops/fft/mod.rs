@@ -2,12 +2,14 @@
 //!
 //! | what | where | used by |
 //! | --- | --- | --- |
-//! | [`rfft2`] / [`irfft2`], a candle op: real 2-D FFT over the last two dims, f32 and f64 | [`cpu`] (realfft/rustfft, plans cached, planes in parallel) | the reference Converse2D solve, so every device and dtype, and anyone's own code |
+//! | [`rfft2`] / [`irfft2`], a candle op: real 2-D FFT over the last two dims, f32 and f64 | CPU: [`cpu`] (realfft/rustfft, plans cached, planes in parallel); CUDA (`cuda` feature): `cuda` (cuFFT, one batched plan over all planes, plans cached, planar/interleaved conversion on the device) | the reference Converse2D solve, so every device and dtype, and anyone's own code |
 //! | the lane FFT: complex 1-D FFTs over vectors of 8 f32 | [`lanes`] | the fused f32 CPU solve ([`crate::ops::cpu::solve`]) |
 //! | the separable DFT of a kernel's taps, in f64 | [`crate::ops::transfer`] | building transfer functions for both solves |
 //! | a plain O(N²) DFT | `reference` (tests only) | checking the others |
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub(crate) mod lanes;
 #[cfg(test)]
 pub(crate) mod reference;
@@ -36,9 +38,12 @@ pub fn irfft2(x: &Tensor, width: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&Irfft2 { width })
 }
 
-/// Drops the cached CPU plans (a few KB per transform size). They are rebuilt when needed.
+/// Drops the cached plans: the CPU ones (a few KB per transform size) and, in a CUDA build, the
+/// cuFFT ones (each with a work area on the GPU). They are rebuilt when needed.
 pub fn clear_plans() {
-    cpu::clear_plans()
+    cpu::clear_plans();
+    #[cfg(feature = "cuda")]
+    cuda::clear_plans();
 }
 
 /// `(.., H, W)` -> `(.., 2, H, W/2+1)`.
@@ -76,6 +81,19 @@ impl CustomOp1 for Rfft2 {
         };
         Ok((out, shape))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (h, w, shape) = rfft_shape(l.dims());
+        if shape.elem_count() == 0 || l.shape().elem_count() == 0 {
+            return Ok((empty(s, &shape)?, shape));
+        }
+        Ok((cuda::rfft(s, l, h, w)?, shape))
+    }
 }
 
 impl CustomOp1 for Irfft2 {
@@ -92,6 +110,30 @@ impl CustomOp1 for Irfft2 {
             _ => candle_core::bail!("irfft2: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (h, shape) = irfft_shape(l.dims(), self.width);
+        if shape.elem_count() == 0 || l.shape().elem_count() == 0 {
+            return Ok((empty(s, &shape)?, shape));
+        }
+        Ok((cuda::irfft(s, l, h, self.width)?, shape))
+    }
+}
+
+/// The output of an empty transform (zeros, possibly none) on the input's device, with the same
+/// dtype check as a real one.
+#[cfg(feature = "cuda")]
+fn empty(s: &candle_core::CudaStorage, shape: &Shape) -> Result<candle_core::CudaStorage> {
+    use candle_core::backend::BackendDevice;
+    match s.dtype() {
+        candle_core::DType::F32 | candle_core::DType::F64 => s.device.zeros_impl(shape, s.dtype()),
+        d => candle_core::bail!("fft: unsupported dtype {d:?}"),
     }
 }
 
@@ -178,5 +220,65 @@ mod tests {
             .contains("unsupported dtype"));
         let t = Tensor::zeros((2, 4, 3), DType::F32, &Device::Cpu).unwrap();
         assert!(irfft2(&t, 6).is_err());
+    }
+
+    /// cuFFT against the CPU transforms, on a machine with a GPU (skipped elsewhere).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_matches_the_cpu() {
+        let Ok(gpu) = crate::device::DeviceSpec::Cuda(0).open() else {
+            eprintln!("skipped: no usable CUDA GPU");
+            return;
+        };
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let d = (a.to_device(&Device::Cpu).unwrap() - b).unwrap();
+            let d = d.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+        };
+        for &(h, w) in &[
+            (1, 1),
+            (4, 6),
+            (5, 7),
+            (13, 11),
+            (8, 1),
+            (2, 9),
+            (64, 48),
+            (37, 50),
+        ] {
+            for (dtype, tol) in [(DType::F64, 1e-11), (DType::F32, 2e-4)] {
+                let x = Tensor::from_vec(
+                    noise(3 * 2 * h * w, (h * 7 + w) as u64),
+                    (3, 2, h, w),
+                    &Device::Cpu,
+                )
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+                let xg = x.to_device(&gpu).unwrap();
+                let (f, fg) = (rfft2(&x).unwrap(), rfft2(&xg).unwrap());
+                assert_eq!(fg.dims(), f.dims());
+                let scale = (h * w) as f64;
+                assert!(max_diff(&fg, &f) < tol * scale, "rfft2 {h}x{w} {dtype:?}");
+                let back = irfft2(&fg, w).unwrap();
+                assert_eq!(back.dims(), x.dims());
+                assert!(max_diff(&back, &x) < tol, "round trip {h}x{w} {dtype:?}");
+                assert!(max_diff(&irfft2(&fg, w).unwrap(), &irfft2(&f, w).unwrap()) < tol);
+                // Strided and offset views, forward and inverse.
+                let tt = xg.transpose(2, 3).unwrap();
+                let want = rfft2(&x.transpose(2, 3).unwrap().contiguous().unwrap()).unwrap();
+                assert!(max_diff(&rfft2(&tt).unwrap(), &want) < tol * scale);
+                let off = xg.narrow(1, 1, 1).unwrap();
+                let want = rfft2(&x.narrow(1, 1, 1).unwrap().contiguous().unwrap()).unwrap();
+                assert!(max_diff(&rfft2(&off).unwrap(), &want) < tol * scale);
+                let fo = fg.narrow(0, 1, 2).unwrap();
+                let want = irfft2(&f.narrow(0, 1, 2).unwrap().contiguous().unwrap(), w).unwrap();
+                assert!(max_diff(&irfft2(&fo, w).unwrap(), &want) < tol);
+            }
+        }
+        clear_plans();
+        let e = rfft2(&Tensor::zeros((3, 4), DType::U8, &gpu).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("unsupported dtype"), "{e}");
+        let empty = Tensor::zeros((0, 4, 6), DType::F32, &gpu).unwrap();
+        assert_eq!(rfft2(&empty).unwrap().dims(), &[0, 2, 4, 4]);
     }
 }
