@@ -97,7 +97,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "SIZE")]
     pub tile: Option<usize>,
     /// Overlap between tiles, in pixels (default: how far the model's output depends on its
-    /// input, measured per model).
+    /// input, measured per model; with --tile, at most a quarter of the tile).
     #[arg(long, value_name = "PX")]
     pub tile_overlap: Option<usize>,
     /// Memory budget for a model run, e.g. 8G or 512M (default: half the available memory).

@@ -174,10 +174,16 @@ pub fn plan(job: &Job, req: &TileRequest, threads: usize) -> Plan {
         tiling: Tiling::Whole,
         peak: peak_of(h, w, false),
     };
-    let overlap = req.overlap.unwrap_or_else(|| reach(job.kind));
+    // An explicit tile side is kept: without an explicit overlap, the reach is cut to a quarter
+    // of it.
+    let overlap = match (req.overlap, req.tile) {
+        (Some(o), _) => o,
+        (None, Some(t)) if t > 0 => reach(job.kind).min(t / 4),
+        (None, _) => reach(job.kind),
+    };
     let side = match req.tile {
         Some(0) => return whole,
-        Some(t) => t.max(2 * overlap + MIN_TILE.min(h.max(w))),
+        Some(t) => t.max(2 * overlap + 16),
         None if whole.peak <= req.budget => return whole,
         None => {
             // The largest square tile that fits; the smallest if none does.
@@ -321,6 +327,15 @@ mod tests {
         let t = plan(&j, &fixed, 2).tiling;
         assert_eq!(t.count(), 9);
         assert_eq!(t.to_string(), "9 tiles (3x3) of up to 347x347, overlap 20");
+        let small = TileRequest {
+            tile: Some(100),
+            overlap: None,
+            budget: 1,
+        };
+        assert_eq!(
+            plan(&j, &small, 2).tiling.to_string(),
+            "169 tiles (13x13) of up to 100x100, overlap 25"
+        );
         assert_eq!(balance(100, 100, 10), (1, 100));
         assert_eq!(balance(250, 100, 20), (3, 97));
     }

@@ -103,19 +103,8 @@ pub fn probe(path: &Path, max_pixels: u64) -> anyhow::Result<(usize, usize, usiz
         .with_guessed_format()
         .with_context(|| format!("cannot read '{}'", path.display()))?;
     let probe = || -> anyhow::Result<_> {
-        if reader.format().is_none() {
-            bail!("not an image in a supported format (PNG, JPEG, BMP, TIFF, WebP)")
-        }
-        let mut decoder = reader
-            .into_decoder()
-            .map_err(|e| anyhow!("not a valid image: {e}"))?;
+        let mut decoder = checked_decoder(reader, max_pixels, " (raise it with --max-pixels)")?;
         let (w, h) = decoder.dimensions();
-        if w == 0 || h == 0 {
-            bail!("the image is empty ({w}x{h} pixels)")
-        }
-        if u64::from(w) * u64::from(h) > max_pixels {
-            bail!("the image is {w}x{h} pixels, over the limit of {max_pixels} pixels (raise it with --max-pixels)")
-        }
         use image::metadata::Orientation::*;
         let turned = matches!(
             decoder.orientation().unwrap_or(NoTransforms),
@@ -143,12 +132,13 @@ pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> anyhow::Result<DynamicImag
     decode_reader(reader, max_pixels, "")
 }
 
-/// Decodes with the decoder's allocations capped; `hint` follows the pixel-limit error.
-fn decode_reader<R: BufRead + Seek>(
+/// The decoder of `reader`, its allocations capped, once its header has passed the checks:
+/// a supported format, not empty, at most `max_pixels` (`hint` follows that error).
+fn checked_decoder<'a, R: BufRead + Seek + 'a>(
     mut reader: ImageReader<R>,
     max_pixels: u64,
     hint: &str,
-) -> anyhow::Result<DynamicImage> {
+) -> anyhow::Result<impl ImageDecoder + 'a> {
     // The pixel limit is checked below; let the decoder allocate what that allows (RGBA, 16-bit).
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
@@ -156,7 +146,7 @@ fn decode_reader<R: BufRead + Seek>(
     if reader.format().is_none() {
         bail!("not an image in a supported format (PNG, JPEG, BMP, TIFF, WebP)")
     }
-    let mut decoder = reader
+    let decoder = reader
         .into_decoder()
         .map_err(|e| anyhow!("not a valid image: {e}"))?;
     let (w, h) = decoder.dimensions();
@@ -166,6 +156,16 @@ fn decode_reader<R: BufRead + Seek>(
     if u64::from(w) * u64::from(h) > max_pixels {
         bail!("the image is {w}x{h} pixels, over the limit of {max_pixels} pixels{hint}")
     }
+    Ok(decoder)
+}
+
+/// Decodes with the decoder's allocations capped; `hint` follows the pixel-limit error.
+fn decode_reader<R: BufRead + Seek>(
+    reader: ImageReader<R>,
+    max_pixels: u64,
+    hint: &str,
+) -> anyhow::Result<DynamicImage> {
+    let mut decoder = checked_decoder(reader, max_pixels, hint)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
