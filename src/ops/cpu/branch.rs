@@ -16,7 +16,7 @@ use super::act::bias_gelu;
 use super::gemm::gemm;
 use super::simd::simd_fn;
 use super::simd::V;
-use super::solve::{pool, Filters, Geometry, Grid, GROUP};
+use super::solve::{pool, rows_to_lanes, Filters, Geometry, Grid, GROUP};
 use crate::ops::profile::{self, OpKind};
 
 /// Pixels per column tile.
@@ -304,27 +304,11 @@ fn expand_groups(
                     let count = GROUP.min(rows.len() - base);
                     let h = &tw.h[base * len..];
                     for ((j, ..), (re, im)) in segments(p, len, geo.w).zip(pieces.iter_mut()) {
-                        put_lanes((re, im), h, len, j, count);
+                        rows_to_lanes((re, im), &h[j..], len, count);
                     }
                 }
             },
         );
-}
-
-/// Writes rows `0..count` of `h` (rows `stride` apart), columns `j..`, as lanes of `(re, im)`
-/// (zeros in the unused lanes).
-fn put_lanes((re, im): (&mut [V], &mut [V]), h: &[f32], stride: usize, j: usize, count: usize) {
-    let at = |q: usize, x: usize| {
-        if q < count {
-            h[q * stride + j + x]
-        } else {
-            0.0
-        }
-    };
-    for (x, (r, i)) in re.iter_mut().zip(im.iter_mut()).enumerate() {
-        *r = V(std::array::from_fn(|l| at(2 * l, x)));
-        *i = V(std::array::from_fn(|l| at(2 * l + 1, x)));
-    }
 }
 
 /// `out` `(c, n)` `= x + reduce[:, groups] · hidden(groups)` (or `out +=` the product when

@@ -25,6 +25,11 @@ pub(crate) trait Simd: Copy {
     fn scale(self, a: V, s: f32) -> V;
     /// `acc + a * s`.
     fn madd(self, acc: V, a: V, s: f32) -> V;
+    /// The `LANES x LANES` transpose: lane `i` of output `l` is lane `l` of input `i`.
+    #[inline(always)]
+    fn transpose(self, rows: [V; LANES]) -> [V; LANES] {
+        std::array::from_fn(|l| V(std::array::from_fn(|i| rows[i].0[l])))
+    }
     /// `(a + ib)(c + id)`.
     #[inline(always)]
     fn cmul(self, a: V, b: V, c: V, d: V) -> (V, V) {
@@ -155,6 +160,36 @@ mod x86 {
         fn madd(self, acc: V, a: V, s: f32) -> V {
             v(unsafe { _mm256_fmadd_ps(m(a), _mm256_set1_ps(s), m(acc)) })
         }
+        #[inline(always)]
+        fn transpose(self, rows: [V; 8]) -> [V; 8] {
+            let [r0, r1, r2, r3, r4, r5, r6, r7] = rows.map(m);
+            unsafe {
+                // Pairs, then quads within each 128-bit half, then the halves.
+                let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+                let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+                let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+                let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+                let q0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let q1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let q2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let q3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let q4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let q5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let q6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let q7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                [
+                    _mm256_permute2f128_ps::<0x20>(q0, q4),
+                    _mm256_permute2f128_ps::<0x20>(q1, q5),
+                    _mm256_permute2f128_ps::<0x20>(q2, q6),
+                    _mm256_permute2f128_ps::<0x20>(q3, q7),
+                    _mm256_permute2f128_ps::<0x31>(q0, q4),
+                    _mm256_permute2f128_ps::<0x31>(q1, q5),
+                    _mm256_permute2f128_ps::<0x31>(q2, q6),
+                    _mm256_permute2f128_ps::<0x31>(q3, q7),
+                ]
+                .map(v)
+            }
+        }
     }
 }
 
@@ -199,3 +234,24 @@ macro_rules! simd_fn {
     };
 }
 pub(crate) use simd_fn;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_the_plain_one() {
+        let rows: [V; LANES] =
+            std::array::from_fn(|i| V(std::array::from_fn(|l| (i * 10 + l) as f32)));
+        let t = Plain.transpose(rows);
+        for (l, col) in t.iter().enumerate() {
+            for (i, x) in col.0.iter().enumerate() {
+                assert_eq!(*x, (i * 10 + l) as f32);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(s) = Avx2::get() {
+            assert_eq!(s.transpose(rows), t);
+        }
+    }
+}

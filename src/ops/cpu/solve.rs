@@ -148,22 +148,8 @@ impl Grid {
         len: usize,
         count: usize,
     ) {
-        let (gr, gi) = (&self.re[k..][..len], &self.im[k..][..len]);
-        if count == GROUP {
-            for (x, (r, i)) in gr.iter().zip(gi).enumerate() {
-                for l in 0..LANES {
-                    h[2 * l * stride + j + x] = r.0[l];
-                    h[(2 * l + 1) * stride + j + x] = i.0[l];
-                }
-            }
-            return;
-        }
-        for q in 0..count {
-            let (src, lane) = if q % 2 == 0 { (gr, q / 2) } else { (gi, q / 2) };
-            for (d, v) in h[q * stride + j..][..len].iter_mut().zip(src) {
-                *d = v.0[lane];
-            }
-        }
+        let lanes = (&self.re[k..][..len], &self.im[k..][..len]);
+        lanes_to_rows(lanes, &mut h[j..], stride, count);
     }
 
     /// Writes `count` planes `(h, w)` into the interior of the grid, zeros in the unused lanes.
@@ -171,18 +157,8 @@ impl Grid {
         let hw = geo.h * geo.w;
         for i in 0..geo.h {
             let at = geo.inner(i, 0);
-            let (gr, gi) = (&mut self.re[at..][..geo.w], &mut self.im[at..][..geo.w]);
-            if count < GROUP {
-                gr.fill(V::default());
-                gi.fill(V::default());
-            }
-            for q in 0..count {
-                let src = &planes[q * hw + i * geo.w..][..geo.w];
-                let dst = if q % 2 == 0 { &mut *gr } else { &mut *gi };
-                for (d, s) in dst.iter_mut().zip(src) {
-                    d.0[q / 2] = *s;
-                }
-            }
+            let lanes = (&mut self.re[at..][..geo.w], &mut self.im[at..][..geo.w]);
+            rows_to_lanes(lanes, &planes[i * geo.w..], hw, count);
         }
     }
 
@@ -239,6 +215,82 @@ impl Grid {
         let _t = profile::time_shared(OpKind::Fft, || geo.flops(GROUP));
         solve_grid(geo, self, g, act, Some((out, count)))
     }
+}
+
+simd_fn! {
+    /// Lanes from rows: channel `q < count` of point `x` (lane `q / 2` of `re` for even `q`, of
+    /// `im` for odd) is `rows[q * stride + x]`; the unused lanes are zero. The reference for the
+    /// transposes is the loop the portable build runs at `count < GROUP`.
+    pub(crate) fn rows_to_lanes(
+        s,
+        lanes: (&mut [V], &mut [V]),
+        rows: &[f32],
+        stride: usize,
+        count: usize,
+    ) {
+        let (re, im) = lanes;
+        let n = re.len();
+        let full = if count == GROUP { n / LANES * LANES } else { 0 };
+        for x in (0..full).step_by(LANES) {
+            let (mut even, mut odd) = ([V::default(); LANES], [V::default(); LANES]);
+            for l in 0..LANES {
+                even[l] = load_v(rows, 2 * l * stride + x);
+                odd[l] = load_v(rows, (2 * l + 1) * stride + x);
+            }
+            re[x..x + LANES].copy_from_slice(&s.transpose(even));
+            im[x..x + LANES].copy_from_slice(&s.transpose(odd));
+        }
+        let (re, im) = (&mut re[full..], &mut im[full..]);
+        if count < GROUP {
+            re.fill(V::default());
+            im.fill(V::default());
+        }
+        for q in 0..count {
+            let dst = if q % 2 == 0 { &mut *re } else { &mut *im };
+            for (d, v) in dst.iter_mut().zip(&rows[q * stride + full..][..n - full]) {
+                d.0[q / 2] = *v;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Rows from lanes, the inverse of [`rows_to_lanes`] for the channels `q < count`.
+    pub(crate) fn lanes_to_rows(
+        s,
+        lanes: (&[V], &[V]),
+        rows: &mut [f32],
+        stride: usize,
+        count: usize,
+    ) {
+        let (re, im) = lanes;
+        let n = re.len();
+        let full = if count == GROUP { n / LANES * LANES } else { 0 };
+        for x in (0..full).step_by(LANES) {
+            let even = s.transpose(re[x..x + LANES].try_into().unwrap());
+            let odd = s.transpose(im[x..x + LANES].try_into().unwrap());
+            for l in 0..LANES {
+                store_v(rows, 2 * l * stride + x, even[l]);
+                store_v(rows, (2 * l + 1) * stride + x, odd[l]);
+            }
+        }
+        for q in 0..count {
+            let src = if q % 2 == 0 { &re[full..] } else { &im[full..] };
+            for (d, v) in rows[q * stride + full..][..n - full].iter_mut().zip(src) {
+                *d = v.0[q / 2];
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn load_v(x: &[f32], at: usize) -> V {
+    V(x[at..at + LANES].try_into().unwrap())
+}
+
+#[inline(always)]
+fn store_v(x: &mut [f32], at: usize, v: V) {
+    x[at..at + LANES].copy_from_slice(&v.0);
 }
 
 simd_fn! {
@@ -379,6 +431,10 @@ fn store_phase(
     for i in 0..h {
         let at = geo.inner(i, 0);
         let (gr, gi) = (&dr[at..][..w], &di[at..][..w]);
+        if s == 1 {
+            lanes_to_rows((gr, gi), &mut out[i * w..], h * w, count);
+            continue;
+        }
         for q in 0..count {
             let src = if q % 2 == 0 { gr } else { gi };
             let dst = &mut out[(q * ho + s * i + a) * wo..][..wo];
@@ -875,5 +931,56 @@ mod speed {
             let ms_rows = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
             println!("{h}+2*{pad}: {ms:.2} ms per group (stored filter), {ms_rows:.2} ms (made while solving)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transposes between rows and lanes against plain indexing, on every path the CPU
+    /// has (AVX-512, AVX2, portable), for full and partial groups and lengths that are not a
+    /// multiple of the vector width.
+    #[test]
+    fn rows_and_lanes_round_trip() {
+        use super::super::simd::{FORCE_AVX2, FORCE_PLAIN};
+        use std::sync::atomic::Ordering::Relaxed;
+        let stride = 37;
+        let rows: Vec<f32> = (0..GROUP * stride).map(|i| i as f32 + 0.5).collect();
+        for (force_avx2, force_plain) in [(false, false), (true, false), (false, true)] {
+            FORCE_AVX2.store(force_avx2, Relaxed);
+            FORCE_PLAIN.store(force_plain, Relaxed);
+            for n in [1, 7, 8, 9, 16, 29] {
+                for count in [GROUP, GROUP - 1, 3, 1] {
+                    let mut re = vec![V([9.0; LANES]); n];
+                    let mut im = re.clone();
+                    rows_to_lanes((&mut re, &mut im), &rows[2..], stride, count);
+                    for x in 0..n {
+                        for q in 0..GROUP {
+                            let v = if q % 2 == 0 { re[x] } else { im[x] };
+                            let want = if q < count {
+                                rows[2 + q * stride + x]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(v.0[q / 2], want, "n {n} count {count} x {x} q {q}");
+                        }
+                    }
+                    let mut back = vec![-1.0f32; rows.len()];
+                    lanes_to_rows((&re, &im), &mut back[2..], stride, count);
+                    for (i, (b, want)) in back.iter().zip(&rows).enumerate() {
+                        let r = i.wrapping_sub(2);
+                        let written = i >= 2 && r / stride < count && r % stride < n;
+                        assert_eq!(
+                            *b,
+                            if written { *want } else { -1.0 },
+                            "n {n} count {count} at {i}"
+                        );
+                    }
+                }
+            }
+        }
+        FORCE_AVX2.store(false, Relaxed);
+        FORCE_PLAIN.store(false, Relaxed);
     }
 }
