@@ -306,8 +306,8 @@ simd_fn! {
     ) {
         let (hp, wp) = (geo.hp, geo.wp);
         let Grid { re, im, phase_re, phase_im, line_re, line_im, scratch, column } = grid;
-        let (ph, pw) = (&geo.plan_h, &geo.plan_w);
-        // Forward: the rows that are not all zeros, then every column.
+        let pw = &geo.plan_w;
+        // Forward: the rows that are not all zeros, then the columns.
         for (i, row) in geo.rows.iter().enumerate() {
             if row.is_some() {
                 pw.forward(s, (re, im), (i * wp, 1), (line_re, line_im), scratch);
@@ -315,64 +315,128 @@ simd_fn! {
                 im[i * wp..][..wp].copy_from_slice(&line_im[..wp]);
             }
         }
-        for j in 0..wp {
-            ph.forward(s, (re, im), (j, wp), (line_re, line_im), scratch);
-            for i in 0..hp {
-                re[i * wp + j] = line_re[i];
-                im[i * wp + j] = line_im[i];
-            }
-        }
-        let phases = geo.s * geo.s;
         let (mut out, count) = match out {
             Some((o, c)) => (Some(o), c),
             None => (None, 0),
         };
-        if let FilterRef::Columns(made, made_count) = filter {
-            // Scale 1, each column of the transfer function used as it is made.
+        let wq = wp / 2 + 1;
+        let stored = match filter {
+            FilterRef::Shared(g) => g.len(),
+            FilterRef::Owned(g) => g.len(),
+            FilterRef::Columns(..) => geo.filter_len(),
+        };
+        assert_eq!(stored, geo.filter_len(), "Converse2D filter size");
+        if geo.s == 1 {
+            // Column by column pair (v, -v), which the filter couples: forward, filter and
+            // inverse while the pair is in cache, then the interior rows.
             let norm = 1.0 / (hp * wp) as f64;
-            for v in 0..wp / 2 + 1 {
-                let t = profile::time_nested(OpKind::Transfer, || (*made_count * hp) as f64);
-                let width = made.width();
-                lanes_column(column, made.column(v), width, *made_count, norm);
-                drop(t);
-                filter_column(s, geo, (column, 0, 1), v, None, (re, im));
+            for v in 0..wq {
+                let pair = [v, (wp - v) % wp];
+                let cols = if pair[1] == v { &pair[..1] } else { &pair[..] };
+                for &j in cols {
+                    forward_column(s, geo, (re, im), j, (line_re, line_im), scratch);
+                }
+                match filter {
+                    FilterRef::Columns(made, made_count) => {
+                        // Each column of the transfer function used as it is made.
+                        let t = profile::time_nested(OpKind::Transfer, || (*made_count * hp) as f64);
+                        let width = made.width();
+                        lanes_column(column, made.column(v), width, *made_count, norm);
+                        drop(t);
+                        filter_column(s, geo, (column, 0, 1), v, None, (re, im));
+                    }
+                    FilterRef::Shared(g) => filter_column(s, geo, (g, v, wq), v, None, (re, im)),
+                    FilterRef::Owned(g) => filter_column(s, geo, (g, v, wq), v, None, (re, im)),
+                }
+                for &j in cols {
+                    inverse_column(s, geo, (re, im), j, (line_re, line_im), scratch);
+                }
             }
-            inverse_kept(s, geo, (re, im), (line_re, line_im), scratch, act);
+            inverse_rows(s, geo, (re, im), (line_re, line_im), scratch, act);
             if let Some(out) = out.as_deref_mut() {
                 store_phase(geo, (re, im), out, count, (0, 0));
             }
             return;
         }
+        for j in 0..wp {
+            forward_column(s, geo, (re, im), j, (line_re, line_im), scratch);
+        }
         let g: &[V] = match filter {
             FilterRef::Shared(v) => v,
             FilterRef::Owned(v) => v,
-            FilterRef::Columns(..) => unreachable!(),
+            FilterRef::Columns(..) => unreachable!("transfer functions made by column are for scale 1"),
         };
-        assert_eq!(g.len(), geo.filter_len(), "Converse2D filter size");
-        for phase in 0..phases {
-            // Filter, then invert: in place at scale 1, from the spectrum into the phase grid
-            // at scale s.
-            let (dr, di) = if phases == 1 {
-                filter_all(s, geo, g, None, (re, im));
-                (&mut *re, &mut *im)
-            } else {
-                let gp = &g[phase * geo.phase_len()..][..geo.phase_len()];
-                filter_all(s, geo, gp, Some((re, im)), (phase_re, phase_im));
-                (&mut *phase_re, &mut *phase_im)
-            };
-            inverse_kept(s, geo, (dr, di), (line_re, line_im), scratch, act);
+        for phase in 0..geo.s * geo.s {
+            // Filter from the spectrum into the phase grid, then invert.
+            let gp = &g[phase * geo.phase_len()..][..geo.phase_len()];
+            for v in 0..wq {
+                let src = Some((&**re, &**im));
+                filter_column(s, geo, (gp, v, wq), v, src, (phase_re, phase_im));
+            }
+            for j in 0..wp {
+                inverse_column(s, geo, (phase_re, phase_im), j, (line_re, line_im), scratch);
+            }
+            inverse_rows(s, geo, (phase_re, phase_im), (line_re, line_im), scratch, act);
             if let Some(out) = out.as_deref_mut() {
                 let (a, b) = (phase / geo.s, phase % geo.s);
-                store_phase(geo, (dr, di), out, count, (a, b));
+                store_phase(geo, (phase_re, phase_im), out, count, (a, b));
             }
         }
     }
 }
 
-/// The inverse transform (parts swapped) of the grid `(dr, di)`: every column, then the
-/// interior rows, whose interior columns are written back through GELU if `act`.
+/// The forward transform of column `j` of the grid, in place.
 #[inline(always)]
-fn inverse_kept<S: Simd>(
+fn forward_column<S: Simd>(
+    s: S,
+    geo: &Geometry,
+    (re, im): (&mut [V], &mut [V]),
+    j: usize,
+    (line_re, line_im): (&mut [V], &mut [V]),
+    scratch: &mut [V],
+) {
+    let wp = geo.wp;
+    geo.plan_h.forward(
+        s,
+        (&*re, &*im),
+        (j, wp),
+        (&mut *line_re, &mut *line_im),
+        scratch,
+    );
+    for i in 0..geo.hp {
+        re[i * wp + j] = line_re[i];
+        im[i * wp + j] = line_im[i];
+    }
+}
+
+/// The inverse transform (parts swapped) of column `j` of the grid `(dr, di)`, in place.
+#[inline(always)]
+fn inverse_column<S: Simd>(
+    s: S,
+    geo: &Geometry,
+    (dr, di): (&mut [V], &mut [V]),
+    j: usize,
+    (line_re, line_im): (&mut [V], &mut [V]),
+    scratch: &mut [V],
+) {
+    let wp = geo.wp;
+    geo.plan_h.forward(
+        s,
+        (&*di, &*dr),
+        (j, wp),
+        (&mut *line_im, &mut *line_re),
+        scratch,
+    );
+    for i in 0..geo.hp {
+        dr[i * wp + j] = line_re[i];
+        di[i * wp + j] = line_im[i];
+    }
+}
+
+/// The inverse transform along the interior rows of the grid `(dr, di)` (its columns done),
+/// whose interior columns are written back through GELU if `act`.
+#[inline(always)]
+fn inverse_rows<S: Simd>(
     s: S,
     geo: &Geometry,
     (dr, di): (&mut [V], &mut [V]),
@@ -380,20 +444,7 @@ fn inverse_kept<S: Simd>(
     scratch: &mut [V],
     act: bool,
 ) {
-    let (hp, wp, pad, w) = (geo.hp, geo.wp, geo.pad, geo.w);
-    for j in 0..wp {
-        geo.plan_h.forward(
-            s,
-            (&*di, &*dr),
-            (j, wp),
-            (&mut *line_im, &mut *line_re),
-            scratch,
-        );
-        for i in 0..hp {
-            dr[i * wp + j] = line_re[i];
-            di[i * wp + j] = line_im[i];
-        }
-    }
+    let (wp, pad, w) = (geo.wp, geo.pad, geo.w);
     for i in pad..pad + geo.h {
         let row = i * wp;
         geo.plan_w.forward(
@@ -442,21 +493,6 @@ fn store_phase(
                 dst[s * j + b] = v.0[q / 2];
             }
         }
-    }
-}
-
-/// The filter step of [`solve_grid`], on the padded grid, for all columns of `g`.
-#[inline(always)]
-fn filter_all<S: Simd>(
-    s: S,
-    geo: &Geometry,
-    g: &[V],
-    src: Option<(&[V], &[V])>,
-    (dr, di): (&mut [V], &mut [V]),
-) {
-    let wq = geo.wp / 2 + 1;
-    for v in 0..wq {
-        filter_column(s, geo, (g, v, wq), v, src, (&mut *dr, &mut *di));
     }
 }
 
