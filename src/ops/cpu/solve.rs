@@ -229,8 +229,7 @@ simd_fn! {
         count: usize,
     ) {
         let (re, im) = lanes;
-        let n = re.len();
-        let full = if count == GROUP { n / LANES * LANES } else { 0 };
+        let (n, full) = (re.len(), transposed(re.len(), count));
         for x in (0..full).step_by(LANES) {
             let (mut even, mut odd) = ([V::default(); LANES], [V::default(); LANES]);
             for l in 0..LANES {
@@ -264,8 +263,7 @@ simd_fn! {
         count: usize,
     ) {
         let (re, im) = lanes;
-        let n = re.len();
-        let full = if count == GROUP { n / LANES * LANES } else { 0 };
+        let (n, full) = (re.len(), transposed(re.len(), count));
         for x in (0..full).step_by(LANES) {
             let even = s.transpose(re[x..x + LANES].try_into().unwrap());
             let odd = s.transpose(im[x..x + LANES].try_into().unwrap());
@@ -280,6 +278,17 @@ simd_fn! {
                 *d = v.0[q / 2];
             }
         }
+    }
+}
+
+/// How many of `n` points the transposes move: whole vectors, and only for full groups (the
+/// rest take the plain loop).
+#[inline(always)]
+fn transposed(n: usize, count: usize) -> usize {
+    if count == GROUP {
+        n / LANES * LANES
+    } else {
+        0
     }
 }
 
@@ -409,7 +418,8 @@ fn forward_column<S: Simd>(
     }
 }
 
-/// The inverse transform (parts swapped) of column `j` of the grid `(dr, di)`, in place.
+/// The inverse transform of column `j` of the grid `(dr, di)`, in place: the forward one with
+/// the parts swapped.
 #[inline(always)]
 fn inverse_column<S: Simd>(
     s: S,
@@ -419,18 +429,7 @@ fn inverse_column<S: Simd>(
     (line_re, line_im): (&mut [V], &mut [V]),
     scratch: &mut [V],
 ) {
-    let wp = geo.wp;
-    geo.plan_h.forward(
-        s,
-        (&*di, &*dr),
-        (j, wp),
-        (&mut *line_im, &mut *line_re),
-        scratch,
-    );
-    for i in 0..geo.hp {
-        dr[i * wp + j] = line_re[i];
-        di[i * wp + j] = line_im[i];
-    }
+    forward_column(s, geo, (di, dr), j, (line_im, line_re), scratch)
 }
 
 /// The inverse transform along the interior rows of the grid `(dr, di)` (its columns done),
