@@ -329,12 +329,9 @@ simd_fn! {
             None => (None, 0),
         };
         let wq = wp / 2 + 1;
-        let stored = match filter {
-            FilterRef::Shared(g) => g.len(),
-            FilterRef::Owned(g) => g.len(),
-            FilterRef::Columns(..) => geo.filter_len(),
-        };
-        assert_eq!(stored, geo.filter_len(), "Converse2D filter size");
+        if let Some(g) = filter.stored() {
+            assert_eq!(g.len(), geo.filter_len(), "Converse2D filter size");
+        }
         if geo.s == 1 {
             // Column by column pair (v, -v), which the filter couples: forward, filter and
             // inverse while the pair is in cache, then the interior rows.
@@ -345,7 +342,7 @@ simd_fn! {
                 for &j in cols {
                     forward_column(s, geo, (re, im), j, (line_re, line_im), scratch);
                 }
-                match filter {
+                match &mut *filter {
                     FilterRef::Columns(made, made_count) => {
                         // Each column of the transfer function used as it is made.
                         let t = profile::time_nested(OpKind::Transfer, || (*made_count * hp) as f64);
@@ -354,8 +351,10 @@ simd_fn! {
                         drop(t);
                         filter_column(s, geo, (column, 0, 1), v, None, (re, im));
                     }
-                    FilterRef::Shared(g) => filter_column(s, geo, (g, v, wq), v, None, (re, im)),
-                    FilterRef::Owned(g) => filter_column(s, geo, (g, v, wq), v, None, (re, im)),
+                    stored => {
+                        let g = stored.stored().expect("stored transfer functions");
+                        filter_column(s, geo, (g, v, wq), v, None, (re, im))
+                    }
                 }
                 for &j in cols {
                     inverse_column(s, geo, (re, im), j, (line_re, line_im), scratch);
@@ -370,11 +369,9 @@ simd_fn! {
         for j in 0..wp {
             forward_column(s, geo, (re, im), j, (line_re, line_im), scratch);
         }
-        let g: &[V] = match filter {
-            FilterRef::Shared(v) => v,
-            FilterRef::Owned(v) => v,
-            FilterRef::Columns(..) => unreachable!("transfer functions made by column are for scale 1"),
-        };
+        let g = filter
+            .stored()
+            .expect("transfer functions made by column are for scale 1");
         for phase in 0..geo.s * geo.s {
             // Filter from the spectrum into the phase grid, then invert.
             let gp = &g[phase * geo.phase_len()..][..geo.phase_len()];
@@ -694,6 +691,15 @@ pub(crate) enum FilterRef {
 }
 
 impl FilterRef {
+    /// The stored transfer functions (`None` when they are made by column while solving).
+    fn stored(&self) -> Option<&[V]> {
+        match self {
+            Self::Shared(g) => Some(g),
+            Self::Owned(g) => Some(g),
+            Self::Columns(..) => None,
+        }
+    }
+
     pub(crate) fn release(self, pool: &Pool) {
         if let Self::Owned(v) = self {
             pool.give(v)
