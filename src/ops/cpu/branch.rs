@@ -239,21 +239,6 @@ impl TileWork {
     }
 }
 
-/// The branch without Converse2D, in place on `x` `(c, n)`, tile by tile.
-fn plain_branch(x: &mut [f32], plan: &[(usize, usize)], w: &BranchWeights) {
-    let c = w.c;
-    tiles_mut(x, c, plan).into_par_iter().for_each_init(
-        || TileWork::new(c),
-        |tw, mut rows| {
-            let len = rows[0].len();
-            gather(&rows, &mut tw.x[..c * len]);
-            tw.expand(w, 0..2 * c, len);
-            tw.reduce(w, 0..2 * c, len);
-            scatter(&tw.x[..c * len], &mut rows);
-        },
-    );
-}
-
 /// One group's grid cut into the interior segments of each tile: `(re, im)` pieces.
 type GridPieces<'a> = Vec<(&'a mut [V], &'a mut [V])>;
 
@@ -313,14 +298,15 @@ fn expand_groups(
 
 /// `out` `(c, n)` `= x + reduce[:, groups] · hidden(groups)` (or `out +=` the product when
 /// `first` is false), reading the hidden maps from the solved `grids` (group `g0 + i` in
-/// `grids[i]`); the last pass adds the bias.
+/// `grids[i]`); the last pass adds the bias and, given `then`, runs that branch on each tile
+/// while it is in cache.
 fn reduce_groups(
     (x, out): (&[f32], &mut [f32]),
     w: &BranchWeights,
     (g0, grids): (usize, &[Grid]),
     geo: &Geometry,
     plan: &[(usize, usize)],
-    first: bool,
+    (first, then): (bool, Option<&BranchWeights>),
 ) {
     let c = w.c;
     let c2 = 2 * c;
@@ -346,6 +332,10 @@ fn reduce_groups(
                     }
                 }
                 tw.reduce(w, cols.clone(), len);
+                if let Some(plain) = then {
+                    tw.expand(plain, 0..2 * c, len);
+                    tw.reduce(plain, 0..2 * c, len);
+                }
                 scatter(&tw.x[..c * len], &mut rows);
             },
         );
@@ -365,8 +355,9 @@ fn groups_per_pass(groups: usize, geo: &Geometry, grid_budget: usize) -> usize {
 pub(crate) const GRID_BUDGET: usize = 256 << 20;
 
 /// The fused `ConverseBlock` on images `x` `(N, c, h, w)` into `out` (same shape):
-/// `out = x + converse_branch(x)`, then `out += plain_branch(out)`; the branch with Converse2D
-/// holds at most `grid_budget` bytes of solve grids at once ([`GRID_BUDGET`]).
+/// `out = x + converse_branch(x)`, then `out += plain_branch(out)`, the second branch in the
+/// last pass of the first, tile by tile; the branch with Converse2D holds at most
+/// `grid_budget` bytes of solve grids at once ([`GRID_BUDGET`]).
 pub(crate) fn converse_block(
     x: &[f32],
     out: &mut [f32],
@@ -393,10 +384,10 @@ pub(crate) fn converse_block(
                 grid.solve(geo, &mut f, true);
                 f.release(pool);
             });
-            reduce_groups((xi, oi), wc, (g0, &grids), geo, &plan, g0 == 0);
+            let last = (g0 + count == groups).then_some(&weights.plain);
+            reduce_groups((xi, oi), wc, (g0, &grids), geo, &plan, (g0 == 0, last));
             grids.into_iter().for_each(|g| g.give_back(pool));
         }
-        plain_branch(oi, &plan, &weights.plain);
     }
     Ok(())
 }
