@@ -97,6 +97,25 @@ impl Options {
         memory::plan(&job, &req, rayon::current_num_threads())
     }
 
+    /// Why a budget-chosen plan is over the budget, if it is: the smallest tiles the model's
+    /// overlap allows do not fit (or the image is smaller than one of them).
+    pub fn over_budget(&self, plan: &memory::Plan) -> Option<String> {
+        if self.tile.is_some() || plan.peak <= self.max_memory {
+            return None;
+        }
+        let why = match plan.tiling {
+            memory::Tiling::Whole => {
+                "the image is smaller than the smallest tile with the model's overlap"
+            }
+            memory::Tiling::Tiles { .. } => {
+                "the smallest tiles with the model's overlap do not fit"
+            }
+        };
+        Some(format!(
+            "over the budget: {why} (raise --max-memory, or lower --tile-overlap)"
+        ))
+    }
+
     /// Model runs (blocks) an image takes: the steps of its progress bar.
     pub fn steps(&self, model: ModelKind, (h, w, channels): (usize, usize, usize)) -> u64 {
         let planes = if model == ModelKind::DnCNN && channels == 3 && !self.gray {
@@ -159,6 +178,19 @@ impl Restorer {
             device,
             options,
         })
+    }
+
+    /// [`Options::over_budget`] for `pic`, with the estimate and the budget.
+    pub fn over_budget(&self, pic: &Picture) -> Option<String> {
+        let dims = (pic.height, pic.width, pic.channels.min(3));
+        let plan = self.options.plan(self.model.kind(), dims);
+        let why = self.options.over_budget(&plan)?;
+        let (peak, budget) = (plan.peak, self.options.max_memory);
+        Some(format!(
+            "estimated peak {} of {}, {why}",
+            memory::human(peak),
+            memory::human(budget)
+        ))
     }
 
     /// Steps of [`crate::progress::step`] that restoring `pic` makes.

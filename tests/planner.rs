@@ -145,3 +145,57 @@ fn dry_run_prints_the_plan_reads_no_weights_and_writes_nothing() {
     assert!(!out.exists());
     assert!(!tmp.path().join("converse").exists());
 }
+
+/// A plan the budget cannot hold (the image is smaller than the smallest tile the model's
+/// overlap allows) says so, in the dry run and as a note before the real run, which still runs.
+#[test]
+fn a_plan_over_the_budget_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("small.png");
+    write_image(&input, 40, 30, true);
+    let out = tmp.path().join("big.png");
+    let why = "over the budget: the image is smaller than the smallest tile with the model's \
+               overlap (raise --max-memory, or lower --tile-overlap)";
+    let run = |budget: &str, extra: &[&str], weights: &Path| {
+        converse(tmp.path())
+            .args(["restore", "--task", "sr", "--max-memory", budget])
+            .args(extra)
+            .arg("--weights")
+            .arg(weights)
+            .arg("-i")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let o = run("10M", &["--dry-run"], Path::new("/nonexistent"));
+    let line = stdout(&o);
+    assert!(
+        line.contains("converse_srresnet, 40x30 to 160x120, whole, estimated peak ")
+            && line.trim_end().ends_with(&format!("of 10 MiB; {why}")),
+        "{line}"
+    );
+    assert_eq!(o.status.code(), Some(0));
+    // Within the budget, no note.
+    let o = run("8G", &["--dry-run"], Path::new("/nonexistent"));
+    let line = stdout(&o);
+    assert!(
+        line.contains(", whole, estimated peak ") && !line.contains("over the budget"),
+        "{line} {}",
+        stderr(&o)
+    );
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let o = run("10M", &[], &shared.join("weights"));
+    let err = stderr(&o);
+    assert!(
+        err.contains("note: '")
+            && err.contains("small.png': estimated peak ")
+            && err.contains(&format!("of 10 MiB, {why}")),
+        "{err}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.exists());
+}

@@ -128,8 +128,12 @@ fn dry_run(jobs: &[Job], kind: ModelKind, options: &Options, a: &RestoreArgs) ->
                 } else {
                     ""
                 };
+                let over = match options.over_budget(&plan) {
+                    Some(note) => format!("; {note}"),
+                    None => String::new(),
+                };
                 println!(
-                    "'{}' -> '{}': {kind}, {w}x{h} to {}x{}, {}, estimated peak {} of {budget}{skip}",
+                    "'{}' -> '{}': {kind}, {w}x{h} to {}x{}, {}, estimated peak {} of {budget}{over}{skip}",
                     job.input.display(),
                     job.output.display(),
                     w * s,
@@ -175,6 +179,9 @@ fn restore_one(
              --format png)",
             job.input.display()
         )
+    }
+    if let Some(note) = restorer.over_budget(&pic) {
+        bars.suspend(|| eprintln!("note: '{}': {note}", job.input.display()));
     }
     let steps = restorer.steps(&pic);
     let on_step = bars.start(job.input.display().to_string(), steps);

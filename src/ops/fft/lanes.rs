@@ -105,6 +105,36 @@ pub(crate) struct Plan {
     max_half: usize,
 }
 
+/// Where a butterfly reads its `p` inputs: `x[at.0 + q * at.1]`, or the destination array
+/// itself when `x` is `None`; with `tw`, input `q >= 1` is first multiplied by the twiddle at
+/// `(q - 1) * step`.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    x: Option<(&'a [V], &'a [V])>,
+    at: (usize, usize),
+    tw: Option<(&'a [f32], &'a [f32], usize)>,
+}
+
+impl Input<'_> {
+    /// In place, untwiddled.
+    fn in_place(base: usize, stride: usize) -> Self {
+        Self {
+            x: None,
+            at: (base, stride),
+            tw: None,
+        }
+    }
+}
+
+/// `(a + ib)(c + id)` for the scalar twiddle `c + id`.
+#[inline(always)]
+fn twiddle<S: Simd>(s: S, (a, b): (V, V), (c, d): (f32, f32)) -> (V, V) {
+    (
+        s.sub(s.scale(a, c), s.scale(b, d)),
+        s.madd(s.scale(a, d), b, c),
+    )
+}
+
 fn factors(mut n: usize) -> Vec<usize> {
     let mut f = vec![];
     while n.is_multiple_of(4) {
@@ -235,57 +265,95 @@ impl Plan {
         let (n, p) = (self.n, self.leaf);
         let (re, im) = (&mut re[..n], &mut im[..n]);
         let gap = n / p;
+        // Bluestein's step works in place: its leaves are copied in first and its stages
+        // twiddled first. The other butterflies read their inputs where they are.
+        let chirp = |p| CHIRP && self.chirps.iter().any(|c| c.p == p);
+        let chirp_leaf = chirp(p);
         for (b, &o) in self.leaf_offsets.iter().enumerate() {
-            for r in 0..p {
-                let i = off + (o + r * gap) * stride;
-                re[b * p + r] = x_re[i];
-                im[b * p + r] = x_im[i];
-            }
-            self.butterfly::<S, CHIRP>(s, p, (re, im), (b * p, 1), scratch);
+            let from = off + o * stride;
+            let src = if chirp_leaf {
+                for r in 0..p {
+                    let i = from + r * gap * stride;
+                    re[b * p + r] = x_re[i];
+                    im[b * p + r] = x_im[i];
+                }
+                Input::in_place(b * p, 1)
+            } else {
+                Input {
+                    x: Some((x_re, x_im)),
+                    at: (from, gap * stride),
+                    tw: None,
+                }
+            };
+            self.butterfly::<S, CHIRP>(s, p, src, (re, im), (b * p, 1), scratch);
         }
         for st in &self.stages {
             let (p, m) = (st.p, st.m);
+            let chirp_stage = chirp(p);
             for base in (0..n).step_by(p * m) {
-                for r in 1..p {
-                    let tw = (r - 1) * m;
-                    let (tr, ti) = (&st.tw_re[tw..][..m], &st.tw_im[tw..][..m]);
-                    let at = base + r * m;
-                    let (vr, vi) = (&mut re[at..at + m], &mut im[at..at + m]);
-                    for k in 0..m {
-                        let (a, b) = (vr[k], vi[k]);
-                        vr[k] = s.sub(s.scale(a, tr[k]), s.scale(b, ti[k]));
-                        vi[k] = s.madd(s.scale(a, ti[k]), b, tr[k]);
+                if chirp_stage {
+                    for r in 1..p {
+                        let tw = (r - 1) * m;
+                        let (tr, ti) = (&st.tw_re[tw..][..m], &st.tw_im[tw..][..m]);
+                        let at = base + r * m;
+                        let (vr, vi) = (&mut re[at..at + m], &mut im[at..at + m]);
+                        for k in 0..m {
+                            (vr[k], vi[k]) = twiddle(s, (vr[k], vi[k]), (tr[k], ti[k]));
+                        }
                     }
                 }
                 for k in 0..m {
-                    self.butterfly::<S, CHIRP>(s, p, (re, im), (base + k, m), scratch);
+                    let mut src = Input::in_place(base + k, m);
+                    if !chirp_stage {
+                        src.tw = Some((&st.tw_re[k..], &st.tw_im[k..], m));
+                    }
+                    self.butterfly::<S, CHIRP>(s, p, src, (re, im), (base + k, m), scratch);
                 }
             }
         }
     }
 
-    /// An in-place DFT of length `p` on `x[base + q * stride]`.
+    /// A DFT of length `p` of `src` into `dst[base + q * stride]`, `q < p`.
     #[inline(always)]
     fn butterfly<S: Simd, const CHIRP: bool>(
         &self,
         s: S,
         p: usize,
+        src: Input,
         (re, im): (&mut [V], &mut [V]),
         (base, stride): (usize, usize),
         scratch: &mut [V],
     ) {
+        // Input `q`, twiddled (a macro, not a closure: closures do not inherit the caller's
+        // target features).
+        macro_rules! get {
+            ($q:expr) => {{
+                let q = $q;
+                let i = src.at.0 + q * src.at.1;
+                let x = match src.x {
+                    Some((xr, xi)) => (xr[i], xi[i]),
+                    None => (re[i], im[i]),
+                };
+                match src.tw {
+                    Some((tr, ti, step)) if q > 0 => {
+                        twiddle(s, x, (tr[(q - 1) * step], ti[(q - 1) * step]))
+                    }
+                    _ => x,
+                }
+            }};
+        }
         match p {
-            1 => {}
+            1 => (re[base], im[base]) = get!(0),
             2 => {
+                let ((ar, ai), (br, bi)) = (get!(0), get!(1));
                 let (i0, i1) = (base, base + stride);
-                let (ar, ai, br, bi) = (re[i0], im[i0], re[i1], im[i1]);
                 (re[i0], im[i0]) = (s.add(ar, br), s.add(ai, bi));
                 (re[i1], im[i1]) = (s.sub(ar, br), s.sub(ai, bi));
             }
             4 => {
                 let i = [base, base + stride, base + 2 * stride, base + 3 * stride];
-                let (x0r, x0i, x1r, x1i) = (re[i[0]], im[i[0]], re[i[1]], im[i[1]]);
-                let (x2r, x2i, x3r, x3i) = (re[i[2]], im[i[2]], re[i[3]], im[i[3]]);
+                let ((x0r, x0i), (x1r, x1i)) = (get!(0), get!(1));
+                let ((x2r, x2i), (x3r, x3i)) = (get!(2), get!(3));
                 let (t0r, t0i) = (s.add(x0r, x2r), s.add(x0i, x2i));
                 let (t1r, t1i) = (s.sub(x0r, x2r), s.sub(x0i, x2i));
                 let (t2r, t2i) = (s.add(x1r, x3r), s.add(x1i, x3i));
@@ -299,10 +367,74 @@ impl Plan {
             _ => {
                 if CHIRP {
                     if let Some(c) = self.chirps.iter().find(|c| c.p == p) {
+                        debug_assert!(src.x.is_none() && src.tw.is_none());
                         return Self::bluestein(s, c, (re, im), (base, stride), scratch);
                     }
                 }
-                self.odd_butterfly(s, p, (re, im), (base, stride), scratch)
+                let Some(odd) = self.odd.iter().find(|o| o.p == p) else {
+                    unreachable!("factor {p} without tables")
+                };
+                // A direct DFT over the conjugate pairs `(j, p - j)`: their sums and
+                // differences first, then two rows of the tables at a time.
+                let h = (p - 1) / 2;
+                let (ar, rest) = scratch.split_at_mut(h);
+                let (ai, rest) = rest.split_at_mut(h);
+                let (br, bi) = rest.split_at_mut(h);
+                let (x0r, x0i) = get!(0);
+                let (mut sr, mut si) = (x0r, x0i);
+                for j in 0..h {
+                    let ((ur, ui), (wr, wi)) = (get!(j + 1), get!(p - 1 - j));
+                    ar[j] = s.add(ur, wr);
+                    ai[j] = s.add(ui, wi);
+                    br[j] = s.sub(ur, wr);
+                    bi[j] = s.sub(ui, wi);
+                    sr = s.add(sr, ar[j]);
+                    si = s.add(si, ai[j]);
+                }
+                re[base] = sr;
+                im[base] = si;
+                let (ar, ai, br, bi) = (&ar[..h], &ai[..h], &br[..h], &bi[..h]);
+                // X[k] = A - i B and X[p - k] = A + i B, with A = x0 + sum a_j cos, B = sum b_j sin.
+                macro_rules! put {
+                    ($k:expr, $cr:expr, $ci:expr, $dr:expr, $di:expr) => {{
+                        let (u, w) = (base + ($k + 1) * stride, base + (p - 1 - $k) * stride);
+                        (re[u], im[u]) = (s.add($cr, $di), s.sub($ci, $dr));
+                        (re[w], im[w]) = (s.sub($cr, $di), s.add($ci, $dr));
+                    }};
+                }
+                // Eight independent sums.
+                let mut k = 0;
+                while k + 1 < h {
+                    let (c0, s0) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
+                    let (c1, s1) = (&odd.cos[(k + 1) * h..][..h], &odd.sin[(k + 1) * h..][..h]);
+                    let z = V::default();
+                    let (mut cr0, mut ci0, mut dr0, mut di0) = (x0r, x0i, z, z);
+                    let (mut cr1, mut ci1, mut dr1, mut di1) = (x0r, x0i, z, z);
+                    for j in 0..h {
+                        cr0 = s.madd(cr0, ar[j], c0[j]);
+                        ci0 = s.madd(ci0, ai[j], c0[j]);
+                        dr0 = s.madd(dr0, br[j], s0[j]);
+                        di0 = s.madd(di0, bi[j], s0[j]);
+                        cr1 = s.madd(cr1, ar[j], c1[j]);
+                        ci1 = s.madd(ci1, ai[j], c1[j]);
+                        dr1 = s.madd(dr1, br[j], s1[j]);
+                        di1 = s.madd(di1, bi[j], s1[j]);
+                    }
+                    put!(k, cr0, ci0, dr0, di0);
+                    put!(k + 1, cr1, ci1, dr1, di1);
+                    k += 2;
+                }
+                if k < h {
+                    let (c, sn) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
+                    let (mut cr, mut ci, mut dr, mut di) = (x0r, x0i, V::default(), V::default());
+                    for j in 0..h {
+                        cr = s.madd(cr, ar[j], c[j]);
+                        ci = s.madd(ci, ai[j], c[j]);
+                        dr = s.madd(dr, br[j], sn[j]);
+                        di = s.madd(di, bi[j], sn[j]);
+                    }
+                    put!(k, cr, ci, dr, di);
+                }
             }
         }
     }
@@ -322,20 +454,10 @@ impl Plan {
         let (ai, rest) = rest.split_at_mut(m);
         let (fr, rest) = rest.split_at_mut(m);
         let (fi, rest) = rest.split_at_mut(m);
-        // `(a + ib)(c + id)` for scalar `c + id`.
-        macro_rules! cmul {
-            ($a:expr, $b:expr, $c:expr, $d:expr) => {{
-                let (a, b, c, d) = ($a, $b, $c, $d);
-                (
-                    s.sub(s.scale(a, c), s.scale(b, d)),
-                    s.madd(s.scale(a, d), b, c),
-                )
-            }};
-        }
         let (wr, wi) = (&c.w_re[..p], &c.w_im[..p]);
         for j in 0..p {
             let i = base + j * stride;
-            (ar[j], ai[j]) = cmul!(re[i], im[i], wr[j], wi[j]);
+            (ar[j], ai[j]) = twiddle(s, (re[i], im[i]), (wr[j], wi[j]));
         }
         ar[p..].fill(V::default());
         ai[p..].fill(V::default());
@@ -343,89 +465,14 @@ impl Plan {
             .run::<S, false>(s, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
         let (br, bi) = (&c.b_re[..m], &c.b_im[..m]);
         for k in 0..m {
-            (fr[k], fi[k]) = cmul!(fr[k], fi[k], br[k], bi[k]);
+            (fr[k], fi[k]) = twiddle(s, (fr[k], fi[k]), (br[k], bi[k]));
         }
         // The inverse: parts swapped on both sides.
         c.sub
             .run::<S, false>(s, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
         for k in 0..p {
             let i = base + k * stride;
-            (re[i], im[i]) = cmul!(ar[k], ai[k], wr[k], wi[k]);
-        }
-    }
-
-    /// [`Self::butterfly`] for odd `p`: a direct DFT over the conjugate pairs `(j, p - j)`.
-    #[inline(always)]
-    fn odd_butterfly<S: Simd>(
-        &self,
-        s: S,
-        p: usize,
-        (re, im): (&mut [V], &mut [V]),
-        (base, stride): (usize, usize),
-        scratch: &mut [V],
-    ) {
-        let Some(odd) = self.odd.iter().find(|o| o.p == p) else {
-            unreachable!("factor {p} without tables")
-        };
-        let h = (p - 1) / 2;
-        let (ar, rest) = scratch.split_at_mut(h);
-        let (ai, rest) = rest.split_at_mut(h);
-        let (br, bi) = rest.split_at_mut(h);
-        let (x0r, x0i) = (re[base], im[base]);
-        let (mut sr, mut si) = (x0r, x0i);
-        for j in 0..h {
-            let (u, w) = (base + (j + 1) * stride, base + (p - 1 - j) * stride);
-            ar[j] = s.add(re[u], re[w]);
-            ai[j] = s.add(im[u], im[w]);
-            br[j] = s.sub(re[u], re[w]);
-            bi[j] = s.sub(im[u], im[w]);
-            sr = s.add(sr, ar[j]);
-            si = s.add(si, ai[j]);
-        }
-        re[base] = sr;
-        im[base] = si;
-        let (ar, ai, br, bi) = (&ar[..h], &ai[..h], &br[..h], &bi[..h]);
-        // X[k] = A - i B and X[p - k] = A + i B, with A = x0 + sum a_j cos, B = sum b_j sin.
-        // (A macro, not a closure: closures do not inherit the caller's target features.)
-        macro_rules! put {
-            ($k:expr, $cr:expr, $ci:expr, $dr:expr, $di:expr) => {{
-                let (u, w) = (base + ($k + 1) * stride, base + (p - 1 - $k) * stride);
-                (re[u], im[u]) = (s.add($cr, $di), s.sub($ci, $dr));
-                (re[w], im[w]) = (s.sub($cr, $di), s.add($ci, $dr));
-            }};
-        }
-        // Two rows of the tables at a time: eight independent sums.
-        let mut k = 0;
-        while k + 1 < h {
-            let (c0, s0) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
-            let (c1, s1) = (&odd.cos[(k + 1) * h..][..h], &odd.sin[(k + 1) * h..][..h]);
-            let z = V::default();
-            let (mut cr0, mut ci0, mut dr0, mut di0) = (x0r, x0i, z, z);
-            let (mut cr1, mut ci1, mut dr1, mut di1) = (x0r, x0i, z, z);
-            for j in 0..h {
-                cr0 = s.madd(cr0, ar[j], c0[j]);
-                ci0 = s.madd(ci0, ai[j], c0[j]);
-                dr0 = s.madd(dr0, br[j], s0[j]);
-                di0 = s.madd(di0, bi[j], s0[j]);
-                cr1 = s.madd(cr1, ar[j], c1[j]);
-                ci1 = s.madd(ci1, ai[j], c1[j]);
-                dr1 = s.madd(dr1, br[j], s1[j]);
-                di1 = s.madd(di1, bi[j], s1[j]);
-            }
-            put!(k, cr0, ci0, dr0, di0);
-            put!(k + 1, cr1, ci1, dr1, di1);
-            k += 2;
-        }
-        if k < h {
-            let (c, sn) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
-            let (mut cr, mut ci, mut dr, mut di) = (x0r, x0i, V::default(), V::default());
-            for j in 0..h {
-                cr = s.madd(cr, ar[j], c[j]);
-                ci = s.madd(ci, ai[j], c[j]);
-                dr = s.madd(dr, br[j], sn[j]);
-                di = s.madd(di, bi[j], sn[j]);
-            }
-            put!(k, cr, ci, dr, di);
+            (re[i], im[i]) = twiddle(s, (ar[k], ai[k]), (wr[k], wi[k]));
         }
     }
 }
@@ -637,7 +684,7 @@ mod tests {
             53, 67, 79, 89, 101, 127, 151, 181, 211, 251, 307, 331, 353, 373, 383, 389, 401, 421,
             457, 503,
         ];
-        let photo = [268, 1006, 3004, 3012, 4006];
+        let photo = [260, 268, 1006, 3004, 3012, 4006];
         for m in [
             216, 243, 256, 288, 384, 432, 512, 648, 768, 864, 1024, 1296, 1536, 2048, 3072, 4096,
         ] {
