@@ -19,6 +19,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod alloc;
 pub mod demo;
 pub mod device;
 pub mod download;

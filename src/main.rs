@@ -9,6 +9,9 @@ use clap::Parser;
 use cli::{Cli, Command};
 use exit_codes::ExitCode;
 
+#[global_allocator]
+static ALLOC: converse::alloc::Allocator = converse::alloc::Allocator;
+
 fn main() -> std::process::ExitCode {
     // Errors are for users: keep library backtraces out of them (panics still honour
     // RUST_BACKTRACE).
