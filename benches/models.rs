@@ -39,6 +39,10 @@ const CASES: [(&str, ModelKind, usize, usize); 5] = [
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// The binary's allocator, so that the in-process passes fault memory in as `converse` does.
+#[global_allocator]
+static ALLOC: converse::alloc::Allocator = converse::alloc::Allocator;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
