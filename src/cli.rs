@@ -49,6 +49,9 @@ pub struct DemoArgs {
     /// Where to write the before/after panels.
     #[arg(short, long, default_value = "converse-demo")]
     pub output: PathBuf,
+    /// Replace files in the folder that are not this demo's panels.
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -160,9 +163,12 @@ pub struct EvalArgs {
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Keep the restored images in this folder.
+    /// Keep the restored images in this folder (outside the dataset).
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
+    /// Replace existing files of --save and --json.
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -177,10 +183,13 @@ pub struct DegradeArgs {
     /// An image or a folder of images.
     #[arg(short, long)]
     pub input: PathBuf,
-    /// The degraded image (or folder, for a folder input); written as PNG unless the extension
-    /// says otherwise.
+    /// The degraded image, its format from its extension (or a folder, for a folder input:
+    /// PNG files).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace existing outputs (by default they are skipped).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Noise level on the 0-255 scale (default: 25 for denoise, 2.55 for deblur).
     #[arg(long)]
     pub sigma: Option<f64>,
@@ -203,6 +212,9 @@ pub struct ConvertArgs {
     /// Convert every .pth file in the INPUT folder.
     #[arg(long)]
     pub all: bool,
+    /// Replace existing outputs (by default they are skipped).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

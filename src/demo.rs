@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::bail;
 use candle_core::{DType, Device};
 
 use crate::eval::metrics::psnr;
+use crate::files::Existing;
 use crate::eval::protocol::{from_tensor, to_tensor, Degradation, ImageF32, ImageU8};
 use crate::eval::run::save_u8;
 use crate::image_io::resize::imresize;
@@ -140,16 +142,45 @@ pub struct DemoResult {
     pub file: PathBuf,
 }
 
-/// Runs the demo into `out_dir`, calling `report` after each task.
+/// The files [`run`] writes in its folder.
+pub const FILES: [&str; 6] = [
+    "clean.png",
+    "denoise.png",
+    "sr.png",
+    "deblur_blind.png",
+    "deblur_kernel.png",
+    "overview.png",
+];
+
+/// Runs the demo into `out_dir`, calling `report` after each task. Its panels replace files of
+/// the same names only with [`Existing::Replace`]; otherwise a panel that exists must hold what
+/// this run makes (an earlier demo's), or the run fails.
 pub fn run(
     locator: &WeightsLocator,
     device: &Device,
     out_dir: &Path,
+    existing: Existing,
     mut report: impl FnMut(&DemoResult),
 ) -> anyhow::Result<Vec<DemoResult>> {
-    std::fs::create_dir_all(out_dir)?;
+    let save = |img: &ImageU8, path: &Path| match save_u8(img, path, existing) {
+        Err(e) if crate::files::already_exists(&e) => {
+            let dir = tempfile::tempdir()?;
+            let fresh = dir.path().join("panel.png");
+            save_u8(img, &fresh, Existing::Keep)?;
+            if std::fs::read(&fresh)? == std::fs::read(path)? {
+                Ok(())
+            } else {
+                bail!(
+                    "'{}' exists and is not this demo's panel (--overwrite replaces it, or -o \
+                     names another folder)",
+                    path.display()
+                )
+            }
+        }
+        r => r,
+    };
     let card = test_card();
-    save_u8(&card, &out_dir.join("clean.png"))?;
+    save(&card, &out_dir.join("clean.png"))?;
     let gaussian = kernel::gaussian(1.6)?;
     let cases = [
         (
@@ -199,7 +230,7 @@ pub fn run(
         let (h, w, c) = (d.clean.height, d.clean.width, d.clean.channels);
         let file = out_dir.join(format!("{name}.png"));
         let p = panel(&[&before, &out, &d.clean]);
-        save_u8(&p, &file)?;
+        save(&p, &file)?;
         rows.push(p);
         let r = DemoResult {
             name: name.to_owned(),
@@ -210,6 +241,6 @@ pub fn run(
         report(&r);
         results.push(r);
     }
-    save_u8(&stack(&rows), &out_dir.join("overview.png"))?;
+    save(&stack(&rows), &out_dir.join("overview.png"))?;
     Ok(results)
 }

@@ -7,10 +7,11 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+
+use sha2::{Digest, Sha256};
 
 use crate::models::ModelKind;
 
@@ -39,34 +40,36 @@ pub fn checkpoint_url(kind: ModelKind) -> String {
     }
 }
 
-/// Downloads `kind`'s checkpoint from `url` into `dir/<id>.pth` (creating `dir`), checks its
-/// sha256 and returns the path. On any error nothing is left in `dir`.
+/// Downloads `kind`'s checkpoint from `url` into `dir/<id>.pth` (creating `dir`) through the
+/// one write helper, checks its sha256 before it takes its name, and returns the path. On any
+/// error nothing is left in `dir`; a download killed midway leaves a temporary file that the
+/// next sweep of `dir` removes.
 pub fn fetch(kind: ModelKind, url: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the folder '{}'", dir.display()))?;
     let name = format!("{}.pth", kind.id());
     let dest = dir.join(&name);
-    let tmp = TempFile::new(dir, &name);
-    let got = download(url, &tmp.0, &name)?;
-    let expected = kind.sha256();
-    if got != expected {
-        bail!(
-            "the file downloaded from '{url}' is corrupt: expected sha256 {expected}, got {got}; \
-             it was deleted"
-        )
+    crate::files::sweep(dir);
+    let written = crate::files::write_with(&dest, crate::files::Existing::Keep, |file| {
+        let got = download(url, file, &name)?;
+        let expected = kind.sha256();
+        if got != expected {
+            bail!(
+                "the file downloaded from '{url}' is corrupt: expected sha256 {expected}, got \
+                 {got}; it was deleted"
+            )
+        }
+        Ok(())
+    });
+    match written {
+        // Another process downloaded it meanwhile: its file was checked the same way.
+        Err(e) if crate::files::already_exists(&e) => Ok(dest),
+        r => r.map(|()| dest.clone()).with_context(|| {
+            format!("cannot download '{}' into '{}'", name, dir.display())
+        }),
     }
-    std::fs::rename(&tmp.0, &dest).with_context(|| {
-        format!(
-            "cannot rename '{}' to '{}'",
-            tmp.0.display(),
-            dest.display()
-        )
-    })?;
-    Ok(dest)
 }
 
-/// Streams `url` into `path`, with a progress bar labelled `label`, and returns its sha256.
-fn download(url: &str, path: &Path, label: &str) -> anyhow::Result<String> {
+/// Streams `url` into `file`, with a progress bar labelled `label`, and returns its sha256.
+fn download(url: &str, file: &mut std::fs::File, label: &str) -> anyhow::Result<String> {
     let mut config = ureq::Agent::config_builder()
         .timeout_resolve(Some(CONNECT_TIMEOUT))
         .timeout_connect(Some(CONNECT_TIMEOUT))
@@ -89,8 +92,7 @@ fn download(url: &str, path: &Path, label: &str) -> anyhow::Result<String> {
     let body = response.into_body();
     let total = body.content_length();
     let mut reader = body.into_with_config().limit(MAX_BYTES).reader();
-    let mut file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create '{}'", path.display()))?;
+    let mut hash = Sha256::new();
     let pb = crate::progress::bytes_bar(total, label.to_owned());
     let mut buf = vec![0u8; 1 << 16];
     let mut done: u64 = 0;
@@ -105,29 +107,15 @@ fn download(url: &str, path: &Path, label: &str) -> anyhow::Result<String> {
             }
         };
         file.write_all(&buf[..n])
-            .with_context(|| format!("cannot write '{}'", path.display()))?;
+            .with_context(|| format!("cannot write the download of '{label}'"))?;
+        hash.update(&buf[..n]);
         done += n as u64;
         pb.inc(n as u64);
     }
-    file.sync_all()
-        .with_context(|| format!("cannot write '{}'", path.display()))?;
-    Ok(converse_convert::sha256_file(path)?)
+    Ok(hash
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
-/// A temporary file beside the destination, deleted when dropped unless renamed away.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(dir: &Path, name: &str) -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, Ordering::Relaxed);
-        Self(dir.join(format!(".{name}.{}-{n}.part", std::process::id())))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        // Gone already once renamed to the destination.
-        let _ = std::fs::remove_file(&self.0);
-    }
-}

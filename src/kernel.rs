@@ -104,14 +104,15 @@ pub fn load(spec: &str) -> anyhow::Result<Kernel> {
     if meta.is_dir() {
         bail!("kernel '{spec}' is a folder, not a file")
     }
-    if meta.len() > MAX_KERNEL_FILE_BYTES {
+    if meta.is_file() && meta.len() > MAX_KERNEL_FILE_BYTES {
         bail!(
             "kernel file '{spec}' is {} bytes, over the fixed limit of {MAX_KERNEL_FILE_BYTES} \
              bytes for kernels (the model takes 7x7: crop the kernel to its support)",
             meta.len()
         )
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read '{spec}'"))?;
+    let bytes = crate::files::read_regular(path, MAX_KERNEL_FILE_BYTES)
+        .with_context(|| format!("cannot read kernel '{spec}'"))?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

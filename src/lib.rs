@@ -31,6 +31,7 @@ pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod plan;
 pub mod progress;
 pub mod restore;
 pub mod verify;

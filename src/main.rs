@@ -18,11 +18,16 @@ fn main() -> std::process::ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    match run() {
+    exit_codes::install_panic_hook();
+    match exit_codes::catch_panic(run) {
         Ok(code) => code.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::Error.into()
+            if e.is::<exit_codes::Panicked>() {
+                ExitCode::SomeFailed.into()
+            } else {
+                ExitCode::Error.into()
+            }
         }
     }
 }

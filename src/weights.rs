@@ -149,10 +149,9 @@ impl WeightsLocator {
             )
         }
         if let Some(c) = &cached {
-            // A cache that cannot be written only costs a conversion next time.
-            let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")))
-                .map_err(anyhow::Error::from)
-                .and_then(|_| converse_convert::write_atomic(c, &bytes).map_err(Into::into));
+            // A cache that cannot be written only costs a conversion next time; one that another
+            // process wrote meanwhile holds the same bytes.
+            let _ = crate::files::write_bytes(c, crate::files::Existing::Keep, &bytes);
         }
         Model::load_bytes(kind, &bytes, dtype, dev)
             .with_context(|| format!("cannot load {kind} from '{}'", pth.display()))

@@ -7,9 +7,11 @@
 //! written to a temporary file beside the destination and renamed, so a failed conversion never
 //! leaves a partial file.
 
+pub mod files;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
@@ -534,46 +536,12 @@ pub fn mismatches(tensors: &BTreeMap<String, Tensor>, spec: &ModelSpec) -> Vec<M
     problems
 }
 
-/// The temporary name [`write_atomic`] writes `dest` under: hidden, beside it, unique to this
-/// process (`.NAME.converse-PID.tmp`).
-pub fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    dir.join(format!(".{name}.converse-{}.tmp", std::process::id()))
-}
-
-/// The process id in a name made by [`temp_path`].
-pub fn temp_owner(file_name: &str) -> Option<u32> {
-    let rest = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
-    rest.rsplit_once(".converse-")?.1.parse().ok()
-}
-
-/// Writes `bytes` to `dest` through a temporary file in the same folder, then renames it.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let err = |source| Error::Write {
+/// Writes `bytes` to `dest` through [`files::write_with`], replacing what is there or not.
+pub fn write_atomic(dest: &Path, bytes: &[u8], existing: files::Existing) -> Result<()> {
+    files::write_bytes(dest, existing, bytes).map_err(|source| Error::Write {
         path: dest.to_owned(),
         source,
-    };
-    if dest.file_name().is_none() {
-        return Err(err(std::io::Error::other("not a file name")));
-    }
-    let tmp = temp_path(dest);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|_| std::fs::rename(&tmp, dest));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
 
 /// What a conversion produced.
@@ -621,15 +589,16 @@ pub fn convert_to_bytes(
     Ok((info, bytes))
 }
 
-/// [`convert_to_bytes`], then writes `output` atomically.
+/// [`convert_to_bytes`], then writes `output` through [`files::write_with`].
 pub fn convert(
     input: &Path,
     output: &Path,
     specs: &[ModelSpec],
     limits: Limits,
+    existing: files::Existing,
 ) -> Result<Converted> {
     let (info, bytes) = convert_to_bytes(input, specs, limits)?;
-    write_atomic(output, &bytes)?;
+    write_atomic(output, &bytes, existing)?;
     Ok(info)
 }
 
@@ -694,18 +663,5 @@ mod tests {
         );
         let sd = dict(&[("a.weight", &[2, 3]), ("a.bias", &[2])]);
         assert_eq!(identify(Path::new("f"), &sd, &[spec()]).unwrap().id, "toy");
-    }
-
-    #[test]
-    fn write_atomic_leaves_no_temporary_file() {
-        let dir = std::env::temp_dir().join(format!("convert-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dest = dir.join("out.bin");
-        write_atomic(&dest, b"hello").unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
-        assert_eq!(names.len(), 1);
-        assert!(write_atomic(&dir.join("missing/out.bin"), b"x").is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

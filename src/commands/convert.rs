@@ -2,26 +2,21 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::cli::ConvertArgs;
-use crate::exit_codes::ExitCode;
-use converse::files::same_file;
+use crate::exit_codes::{catch_panic, ExitCode};
+use converse::files::{self, Existing};
 use converse::models::ModelKind;
+use converse::plan;
 
-fn convert_one(input: &Path, output: &Path) -> anyhow::Result<()> {
-    if same_file(input, output) {
-        bail!(
-            "the output '{}' is the input '{}', which is never overwritten",
-            output.display(),
-            input.display()
-        )
-    }
+fn convert_one(input: &Path, output: &Path, existing: Existing) -> anyhow::Result<()> {
     let info = converse_convert::convert(
         input,
         output,
         &ModelKind::specs()?,
         converse_convert::Limits::from_env()?,
+        existing,
     )?;
     println!(
         "{} -> {}: {} ({} parameters)",
@@ -34,40 +29,64 @@ fn convert_one(input: &Path, output: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
-    if !a.all {
-        if a.input.is_dir() {
-            bail!(
-                "'{}' is a folder: use --all to convert every .pth in it",
-                a.input.display()
-            )
+    if !a.all && a.input.is_dir() {
+        bail!(
+            "'{}' is a folder: use --all to convert every .pth in it",
+            a.input.display()
+        )
+    }
+    if a.all && !a.input.is_dir() {
+        bail!("--all takes a folder, and '{}' is not one", a.input.display())
+    }
+    let output: PathBuf = match (&a.output, a.all) {
+        (Some(o), _) => o.clone(),
+        (None, true) => a.input.clone(),
+        (None, false) => a.input.with_extension("safetensors"),
+    };
+    let plan = plan::plan(&plan::Request {
+        input: &a.input,
+        output: &output,
+        recursive: false,
+        inputs: plan::Inputs::Checkpoints,
+        extension: Some("safetensors"),
+        also_read: &[],
+    })?;
+    for note in &plan.notes {
+        eprintln!("note: {note}");
+    }
+    plan::check_writable(plan.pairs.iter().map(|p| p.output.as_path()))?;
+    let existing = if a.overwrite {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    let (mut converted, mut failed) = (0, 0);
+    for pair in &plan.pairs {
+        if pair.output.exists() && !a.overwrite {
+            eprintln!(
+                "note: skipping '{}': '{}' exists (--overwrite replaces it)",
+                pair.input.display(),
+                pair.output.display()
+            );
+            continue;
         }
-        let out = a
-            .output
-            .unwrap_or_else(|| a.input.with_extension("safetensors"));
-        convert_one(&a.input, &out)?;
-        return Ok(ExitCode::Success);
-    }
-    let out_dir = a.output.unwrap_or_else(|| a.input.clone());
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create '{}'", out_dir.display()))?;
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&a.input)
-        .with_context(|| format!("cannot list '{}'", a.input.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "pth"))
-        .collect();
-    inputs.sort();
-    if inputs.is_empty() {
-        bail!("no .pth files in '{}'", a.input.display())
-    }
-    let mut failed = 0;
-    for input in &inputs {
-        let name = input.with_extension("safetensors");
-        let out = out_dir.join(name.file_name().unwrap_or_default());
-        if let Err(e) = convert_one(input, &out) {
-            eprintln!("error: {e:#}");
-            failed += 1;
+        match catch_panic(|| Ok(convert_one(&pair.input, &pair.output, existing)?)) {
+            Ok(()) => converted += 1,
+            Err(e) if files::already_exists(&e) => eprintln!(
+                "note: skipping '{}': '{}' was written meanwhile by another run",
+                pair.input.display(),
+                pair.output.display()
+            ),
+            // One file given: its failure is the run's (a bad checkpoint is a set-up error).
+            Err(e) if !a.all => return Err(e),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+            }
         }
     }
-    println!("{} converted, {failed} failed", inputs.len() - failed);
+    if a.all {
+        println!("{converted} converted, {failed} failed");
+    }
     Ok(ExitCode::from_failures(failed))
 }

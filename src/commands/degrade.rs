@@ -6,11 +6,12 @@ use anyhow::bail;
 
 use super::degradation;
 use crate::cli::DegradeArgs;
-use crate::exit_codes::ExitCode;
+use crate::exit_codes::{catch_panic, ExitCode};
 use converse::eval::protocol::{read_u8, to_u8};
 use converse::eval::run::save_u8;
-use converse::files::same_file;
-use converse::image_io::list_images;
+use converse::files::{self, Existing};
+use converse::image_io::Format;
+use converse::plan;
 use converse::restore::Task;
 
 pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
@@ -23,46 +24,62 @@ pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
         bail!("--kernel is for --task deblur")
     }
     let deg = degradation(a.task, a.sigma, kernel.as_ref())?;
-    let jobs: Vec<(PathBuf, PathBuf)> = if a.input.is_dir() {
-        if a.output.is_file() {
-            bail!(
-                "the input is a folder, so the output '{}' must be a folder",
-                a.output.display()
-            )
-        }
-        let images = list_images(&a.input, true)?;
-        if images.is_empty() {
-            bail!("no images in '{}'", a.input.display())
-        }
-        images
-            .into_iter()
-            .map(|p| {
-                let rel = p.strip_prefix(&a.input).unwrap_or(&p).with_extension("png");
-                let out = a.output.join(rel);
-                (p, out)
-            })
-            .collect()
+    let folder = a.input.is_dir();
+    if !folder && Format::from_path(&a.output).is_none() {
+        bail!(
+            "cannot tell the output format of '{}' from its extension: use .png, .jpg, .bmp, \
+             .tif or .webp",
+            a.output.display()
+        )
+    }
+    let also_read: Vec<PathBuf> = a
+        .kernel
+        .iter()
+        .map(PathBuf::from)
+        .filter(|k| k.is_file())
+        .collect();
+    let plan = plan::plan(&plan::Request {
+        input: &a.input,
+        output: &a.output,
+        recursive: true,
+        inputs: plan::Inputs::Images,
+        extension: folder.then_some("png"),
+        also_read: &also_read,
+    })?;
+    for note in &plan.notes {
+        eprintln!("note: {note}");
+    }
+    plan::check_writable(plan.pairs.iter().map(|p| p.output.as_path()))?;
+    let existing = if a.overwrite {
+        Existing::Replace
     } else {
-        if a.output.is_dir() {
-            bail!(
-                "the input is a file, so the output '{}' must be a file",
-                a.output.display()
-            )
-        }
-        vec![(a.input.clone(), a.output.clone())]
+        Existing::Keep
     };
     let mut failed = 0;
-    for (input, output) in &jobs {
-        let result = (|| -> anyhow::Result<()> {
-            if same_file(input, output) {
-                bail!("the output '{}' is the input", output.display())
-            }
+    for pair in &plan.pairs {
+        let (input, output) = (&pair.input, &pair.output);
+        if output.exists() && !a.overwrite {
+            eprintln!(
+                "note: skipping '{}': '{}' exists (--overwrite replaces it)",
+                input.display(),
+                output.display()
+            );
+            continue;
+        }
+        let result = catch_panic(|| {
             let img = read_u8(input, deg.channels())?;
             let d = deg.apply(&img, a.seed)?;
-            save_u8(&to_u8(&d.input), output)
-        })();
+            let format = Format::from_path(output).unwrap_or(Format::Png);
+            plan::check_output(output, format, (d.input.width, d.input.height))?;
+            save_u8(&to_u8(&d.input), output, existing)
+        });
         match result {
             Ok(()) => println!("{} -> {}", input.display(), output.display()),
+            Err(e) if files::already_exists(&e) => eprintln!(
+                "note: skipping '{}': '{}' was written meanwhile by another run",
+                input.display(),
+                output.display()
+            ),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 failed += 1;

@@ -1,15 +1,17 @@
 //! `converse eval`: the paper's numbers, with the official degradations and metrics.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use candle_core::DType;
 
 use super::{degradation, kernel_tensor};
 use crate::cli::EvalArgs;
 use crate::exit_codes::ExitCode;
 use converse::eval::protocol::list_images;
-use converse::eval::run::{evaluate, table, EvalSpec};
+use converse::eval::run::{evaluate, saved_as, table, EvalSpec};
+use converse::files::Existing;
+use converse::plan::{self, Pair};
 use converse::progress;
 use converse::restore::Task;
 
@@ -28,6 +30,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     if images.is_empty() {
         bail!("no images in '{}'", a.dataset.display())
     }
+    let existing = check_outputs(&a, &kernels, &images)?;
     let device = a.model.device()?;
     let kind = a.task.model(a.with_kernel);
     let model = a.model.locator().load(kind, DType::F32, &device)?;
@@ -39,12 +42,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     for k in runs_of {
         let kernel = k.map(|k| converse::kernel::load(k)).transpose()?;
-        let kernel_name = k.map(|k| {
-            Path::new(k)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| k.clone())
-        });
+        let kernel_name = k.map(|k| kernel_label(k));
         let model_kernel = match (&kernel, a.with_kernel) {
             (Some(k), true) => Some(kernel_tensor(&k.for_model()?, &device)?),
             _ => None,
@@ -52,10 +50,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         let save = a
             .save
             .as_ref()
-            .map(|s| match (&kernel_name, kernels.len()) {
-                (Some(n), 2..) => s.join(Path::new(n).file_stem().unwrap_or_default()),
-                _ => s.clone(),
-            });
+            .map(|s| save_dir(s, kernel_name.as_deref(), kernels.len()));
         let spec = EvalSpec {
             task: a.task.name(),
             dataset: &a.dataset,
@@ -66,6 +61,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             seed: a.seed,
             device: device.clone(),
             save: save.as_deref(),
+            existing,
         };
         let run = evaluate(&model, &spec, |name| {
             bar.set_message(name.to_owned());
@@ -81,7 +77,78 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         } else {
             serde_json::to_string_pretty(&runs)?
         };
-        converse::files::write_atomic(path, json.as_bytes())?;
+        converse::files::write_bytes(path, existing, json.as_bytes())
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
     }
     Ok(ExitCode::Success)
+}
+
+/// The folder `--save` keeps one kernel's images in: a subfolder per kernel when there are
+/// several.
+fn save_dir(save: &Path, kernel_name: Option<&str>, kernels: usize) -> PathBuf {
+    match (kernel_name, kernels) {
+        (Some(n), 2..) => save.join(Path::new(n).file_stem().unwrap_or_default()),
+        _ => save.to_owned(),
+    }
+}
+
+/// Checks what the run will write (`--save`'s images, `--json`) before anything is computed:
+/// nothing inside the dataset, no input replaced, nothing that exists unless `--overwrite`.
+fn check_outputs(a: &EvalArgs, kernels: &[String], images: &[PathBuf]) -> anyhow::Result<Existing> {
+    let mut pairs = vec![];
+    if let Some(save) = &a.save {
+        if plan::inside(save, &a.dataset) {
+            bail!(
+                "--save '{}' is inside the dataset '{}': its images would be read as part of the \
+                 dataset next time; save them elsewhere",
+                save.display(),
+                a.dataset.display()
+            )
+        }
+        let names: Vec<Option<String>> = match kernels.len() {
+            0 => vec![None],
+            _ => kernels
+                .iter()
+                .map(|k| Some(kernel_label(k)))
+                .collect(),
+        };
+        for name in names {
+            let dir = save_dir(save, name.as_deref(), kernels.len());
+            pairs.extend(images.iter().map(|i| Pair {
+                input: i.clone(),
+                output: saved_as(&dir, &a.dataset, i),
+            }));
+        }
+    }
+    if let Some(json) = &a.json {
+        pairs.push(Pair {
+            input: a.dataset.clone(),
+            output: json.clone(),
+        });
+    }
+    let kernel_files: Vec<PathBuf> = kernels
+        .iter()
+        .map(PathBuf::from)
+        .filter(|k| k.is_file())
+        .collect();
+    plan::check_pairs(&pairs, &kernel_files)?;
+    plan::check_writable(pairs.iter().map(|p| p.output.as_path()))?;
+    if a.overwrite {
+        return Ok(Existing::Replace);
+    }
+    if let Some(p) = pairs.iter().find(|p| p.output.exists()) {
+        bail!(
+            "'{}' exists (--overwrite replaces it)",
+            p.output.display()
+        )
+    }
+    Ok(Existing::Keep)
+}
+
+/// A kernel as the results name it: its file name, or the spec (`gaussian:1.6`).
+fn kernel_label(k: &str) -> String {
+    Path::new(k)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| k.to_owned())
 }

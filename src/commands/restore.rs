@@ -1,19 +1,27 @@
 //! `converse restore`: files and folders through a model, nothing lost on the way.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::DType;
 
 use crate::cli::RestoreArgs;
-use crate::exit_codes::ExitCode;
-use converse::files::{remove_stale_temps, same_file};
+use crate::exit_codes::{catch_panic, ExitCode};
+use converse::files::{self, Existing};
 use converse::image_io::{self, Format};
 use converse::memory::human;
+use converse::plan::{self, Pair};
 use converse::progress::{self, RestoreBars};
-use converse::restore::{plan, Job, Options, Restorer, Task};
+use converse::restore::{Options, Restorer, Task};
 use converse::ModelKind;
+
+/// How one image ended.
+enum Outcome {
+    Restored,
+    /// Another run wrote the output while this one computed it: theirs is kept.
+    WrittenMeanwhile,
+}
 
 pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     match (a.task, a.scale) {
@@ -37,12 +45,25 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|k| converse::restore::model_kernel(&k, a.kernel_flip))
         })
         .transpose()?;
-    let jobs = plan(
-        &a.input,
-        &a.output,
-        a.recursive,
-        a.format.map(Format::extension),
-    )?;
+    // A kernel file is read by the run too: no output may replace it.
+    let also_read: Vec<PathBuf> = a
+        .kernel
+        .iter()
+        .map(PathBuf::from)
+        .filter(|k| k.is_file())
+        .collect();
+    let plan = plan::plan(&plan::Request {
+        input: &a.input,
+        output: &a.output,
+        recursive: a.recursive,
+        inputs: plan::Inputs::Images,
+        extension: a.format.map(Format::extension),
+        also_read: &also_read,
+    })?;
+    for note in &plan.notes {
+        eprintln!("note: {note}");
+    }
+    let jobs = plan.pairs;
     if jobs.len() == 1
         && !a.input.is_dir()
         && a.format.is_none()
@@ -65,18 +86,21 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     let kind = a.task.model(kernel.is_some());
     if a.dry_run {
-        return Ok(dry_run(&jobs, kind, &options, &a));
+        return dry_run(&jobs, kind, &options, &a);
     }
+    plan::check_writable(jobs.iter().map(|j| j.output.as_path()))?;
     let device = a.model.device()?;
     let model = a.model.locator().load(kind, DType::F32, &device)?;
     let restorer = Restorer::new(model, a.task, kernel.as_ref(), device, options)?;
     // A run killed midway (SIGKILL, Ctrl-C) leaves its temporary file: remove those.
     let out_dirs: BTreeSet<&Path> = jobs.iter().filter_map(|j| j.output.parent()).collect();
-    out_dirs.into_iter().for_each(remove_stale_temps);
+    for dir in out_dirs {
+        files::sweep(dir);
+    }
     let bars = RestoreBars::new(jobs.len() as u64, a.quiet);
     let (mut done, mut skipped, mut failed) = (0, 0, vec![]);
     for job in &jobs {
-        if job.output.exists() && !a.overwrite && !same_file(&job.input, &job.output) {
+        if job.output.exists() && !a.overwrite {
             bars.suspend(|| {
                 eprintln!(
                     "note: skipping '{}': '{}' exists (--overwrite replaces it)",
@@ -88,8 +112,18 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             bars.done();
             continue;
         }
-        match restore_one(&restorer, job, &a, &bars) {
-            Ok(()) => done += 1,
+        match catch_panic(|| restore_one(&restorer, job, &a, &bars)) {
+            Ok(Outcome::Restored) => done += 1,
+            Ok(Outcome::WrittenMeanwhile) => {
+                bars.suspend(|| {
+                    eprintln!(
+                        "note: skipping '{}': '{}' was written meanwhile by another run",
+                        job.input.display(),
+                        job.output.display()
+                    )
+                });
+                skipped += 1;
+            }
             Err(e) => {
                 bars.suspend(|| eprintln!("error: {e:#}"));
                 failed.push((job.input.clone(), format!("{e:#}")));
@@ -114,64 +148,66 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from_failures(failed.len()))
 }
 
-/// `--dry-run`: one line per input, from the image headers only.
-fn dry_run(jobs: &[Job], kind: ModelKind, options: &Options, a: &RestoreArgs) -> ExitCode {
+/// `--dry-run`: one line per input, from the image headers only, with what would fail.
+fn dry_run(
+    jobs: &[Pair],
+    kind: ModelKind,
+    options: &Options,
+    a: &RestoreArgs,
+) -> anyhow::Result<ExitCode> {
+    plan::check_writable(jobs.iter().map(|j| j.output.as_path()))?;
     let budget = human(options.max_memory);
     let mut failed = 0;
     for job in jobs {
-        match image_io::probe(&job.input, a.max_pixels) {
-            Ok((w, h, c)) => {
-                let plan = options.plan(kind, (h, w, c));
-                let s = kind.scale();
-                let skip = if job.output.exists() && !a.overwrite {
-                    " (the output exists: skipped without --overwrite)"
-                } else {
-                    ""
-                };
-                let over = match options.over_budget(&plan) {
-                    Some(note) => format!("; {note}"),
-                    None => String::new(),
-                };
-                println!(
-                    "'{}' -> '{}': {kind}, {w}x{h} to {}x{}, {}, estimated peak {} of {budget}{over}{skip}",
-                    job.input.display(),
-                    job.output.display(),
-                    w * s,
-                    h * s,
-                    plan.tiling,
-                    human(plan.peak),
-                );
-            }
+        let line = (|| -> anyhow::Result<String> {
+            let (w, h, c) = image_io::probe(&job.input, a.max_pixels)?;
+            let plan = options.plan(kind, (h, w, c));
+            let s = kind.scale();
+            plan::check_output(&job.output, output_format(a, &job.output)?, (w * s, h * s))?;
+            let skip = if job.output.exists() && !a.overwrite {
+                " (the output exists: skipped without --overwrite)"
+            } else {
+                ""
+            };
+            let over = match options.over_budget(&plan) {
+                Some(note) => format!("; {note}"),
+                None => String::new(),
+            };
+            Ok(format!(
+                "'{}' -> '{}': {kind}, {w}x{h} to {}x{}, {}, estimated peak {} of {budget}{over}{skip}",
+                job.input.display(),
+                job.output.display(),
+                w * s,
+                h * s,
+                plan.tiling,
+                human(plan.peak),
+            ))
+        })();
+        match line {
+            Ok(line) => println!("{line}"),
             Err(e) => {
                 failed += 1;
                 println!("'{}': error: {e:#}", job.input.display());
             }
         }
     }
-    ExitCode::from_failures(failed)
+    Ok(ExitCode::from_failures(failed))
+}
+
+/// The format `output` is written in: `--format`, else its extension.
+fn output_format(a: &RestoreArgs, output: &Path) -> anyhow::Result<Format> {
+    a.format
+        .or_else(|| Format::from_path(output))
+        .with_context(|| format!("cannot tell the output format of '{}'", output.display()))
 }
 
 fn restore_one(
     restorer: &Restorer,
-    job: &Job,
+    job: &Pair,
     a: &RestoreArgs,
     bars: &RestoreBars,
-) -> anyhow::Result<()> {
-    if same_file(&job.input, &job.output) {
-        bail!(
-            "'{}': the output is the input, which is never overwritten",
-            job.input.display()
-        )
-    }
-    let format = a
-        .format
-        .or_else(|| Format::from_path(&job.output))
-        .with_context(|| {
-            format!(
-                "cannot tell the output format of '{}'",
-                job.output.display()
-            )
-        })?;
+) -> anyhow::Result<Outcome> {
+    let format = output_format(a, &job.output)?;
     let pic = image_io::read(&job.input, a.max_pixels)?;
     if pic.alpha.is_some() && !format.has_alpha() {
         bail!(
@@ -180,6 +216,8 @@ fn restore_one(
             job.input.display()
         )
     }
+    let s = a.task.scale();
+    plan::check_output(&job.output, format, (pic.width * s, pic.height * s))?;
     if let Some(note) = restorer.over_budget(&pic) {
         bars.suspend(|| eprintln!("note: '{}': {note}", job.input.display()));
     }
@@ -187,9 +225,13 @@ fn restore_one(
     let on_step = bars.start(job.input.display().to_string(), steps);
     let out = progress::with_steps(on_step, || restorer.restore(&pic))
         .with_context(|| format!("cannot restore '{}'", job.input.display()))?;
-    if let Some(parent) = job.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create '{}'", parent.display()))?;
+    let existing = if a.overwrite {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    match image_io::write(&out, &job.output, format, a.quality, existing) {
+        Err(e) if files::already_exists(&e) => Ok(Outcome::WrittenMeanwhile),
+        r => r.map(|()| Outcome::Restored),
     }
-    image_io::write(&out, &job.output, format, a.quality)
 }

@@ -37,7 +37,12 @@ pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("dataset '{}' is not a folder", dir.display())
     }
-    image_io::list_images(dir, true)
+    let mut notes = vec![];
+    let images = crate::plan::list(dir, true, crate::plan::Inputs::Images, None, &mut notes)?;
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+    Ok(images)
 }
 
 /// OpenCV's 8-bit RGB to gray: `(4899 R + 9617 G + 1868 B + 8192) >> 14`.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::metrics::{psnr, rgb_to_y, ssim};
 use super::protocol::{from_tensor, read_u8, to_tensor, Degradation, ImageU8};
+use crate::files::Existing;
 use crate::image_io::{self, BitDepth, Format, Picture};
 use crate::models::Model;
 
@@ -65,6 +66,14 @@ pub struct EvalSpec<'a> {
     pub device: candle_core::Device,
     /// Keep restored images here.
     pub save: Option<&'a Path>,
+    /// Whether a saved image may replace a file (`--overwrite`).
+    pub existing: Existing,
+}
+
+/// Where `--save DIR` keeps the restored `image` of `dataset`: its path inside the dataset,
+/// under `dir`.
+pub fn saved_as(dir: &Path, dataset: &Path, image: &Path) -> PathBuf {
+    dir.join(image.strip_prefix(dataset).unwrap_or(image))
 }
 
 /// Evaluates `model` on `spec.images`; `progress` is told each image's name before it runs.
@@ -93,7 +102,7 @@ pub fn evaluate(
         let seconds = start.elapsed().as_secs_f64();
         images.push(score(&name, &out, &d.clean, deg.border(), seconds));
         if let Some(dir) = spec.save {
-            save_u8(&out, &dir.join(&name))?;
+            save_u8(&out, &saved_as(dir, spec.dataset, path), spec.existing)?;
         }
     }
     let y_scores = images[0].psnr_y.is_some();
@@ -143,12 +152,10 @@ fn score(name: &str, out: &ImageU8, clean: &ImageU8, border: usize, seconds: f64
     }
 }
 
-/// Writes an 8-bit HWC image, creating folders; the format follows the extension (PNG if none).
-pub fn save_u8(img: &ImageU8, path: &Path) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create '{}'", parent.display()))?;
-    }
+/// Writes an 8-bit HWC image through [`image_io::write`]; the format follows the extension.
+pub fn save_u8(img: &ImageU8, path: &Path, existing: Existing) -> anyhow::Result<()> {
+    let format = Format::from_path(path)
+        .with_context(|| format!("cannot tell the output format of '{}'", path.display()))?;
     let n = img.height * img.width;
     let mut color = vec![0f32; img.channels * n];
     for (i, px) in img.data.chunks_exact(img.channels).enumerate() {
@@ -164,11 +171,7 @@ pub fn save_u8(img: &ImageU8, path: &Path) -> anyhow::Result<()> {
         alpha: None,
         depth: BitDepth::Eight,
     };
-    let (path, format): (PathBuf, Format) = match Format::from_path(path) {
-        Some(f) => (path.to_owned(), f),
-        None => (path.with_extension("png"), Format::Png),
-    };
-    image_io::write(&pic, &path, format, 95)
+    image_io::write(&pic, path, format, 95, existing)
 }
 
 /// The report table, as the paper reports it.

@@ -6,7 +6,7 @@
 //! then a rename.
 
 use std::io::{BufRead, Seek};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
@@ -21,32 +21,6 @@ pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-/// The images in `dir` (with `recursive`, in its subfolders too), in the official test
-/// scripts' order: folders sorted, and the names in each folder sorted.
-pub fn list_images(dir: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
-    let mut folders = vec![];
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let mut files = vec![];
-        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list '{}'", d.display()))? {
-            let p = e
-                .with_context(|| format!("cannot list '{}'", d.display()))?
-                .path();
-            if p.is_dir() {
-                if recursive {
-                    stack.push(p);
-                }
-            } else if is_image(&p) {
-                files.push(p);
-            }
-        }
-        files.sort();
-        folders.push((d, files));
-    }
-    folders.sort();
-    Ok(folders.into_iter().flat_map(|(_, f)| f).collect())
 }
 
 /// Default decoding limit: 16384 x 16384 pixels.
@@ -80,28 +54,26 @@ impl Picture {
     }
 }
 
+/// A reader of the image file `path`, its format guessed from the content; anything but a
+/// regular file is refused before it is read.
+fn open_image(path: &Path) -> anyhow::Result<ImageReader<std::io::BufReader<std::fs::File>>> {
+    let file = crate::files::open_regular(path)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    ImageReader::new(std::io::BufReader::new(file))
+        .with_guessed_format()
+        .with_context(|| format!("cannot read '{}'", path.display()))
+}
+
 /// Decodes `path`, applying EXIF orientation, refusing more than `max_pixels` pixels.
 pub fn decode(path: &Path, max_pixels: u64) -> anyhow::Result<DynamicImage> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?;
-    if meta.is_dir() {
-        bail!("'{}' is a folder, not an image", path.display())
-    }
-    let reader = ImageReader::open(path)
-        .with_context(|| format!("cannot read '{}'", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read '{}'", path.display()))?;
-    decode_reader(reader, max_pixels, " (raise it with --max-pixels)")
+    decode_reader(open_image(path)?, max_pixels, " (raise it with --max-pixels)")
         .with_context(|| format!("'{}'", path.display()))
 }
 
 /// Width, height and colour channels (1 or 3) of `path` after EXIF orientation, from its header
 /// only (no pixels are decoded).
 pub fn probe(path: &Path, max_pixels: u64) -> anyhow::Result<(usize, usize, usize)> {
-    let reader = ImageReader::open(path)
-        .with_context(|| format!("cannot read '{}'", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    let reader = open_image(path)?;
     let probe = || -> anyhow::Result<_> {
         let mut decoder = checked_decoder(reader, max_pixels, " (raise it with --max-pixels)")?;
         let (w, h) = decoder.dimensions();
@@ -344,8 +316,18 @@ fn to_dynamic(pic: &Picture, format: Format) -> DynamicImage {
     }
 }
 
-/// Writes `pic` to `dest` in `format` (JPEG at `quality`), atomically.
-pub fn write(pic: &Picture, dest: &Path, format: Format, quality: u8) -> anyhow::Result<()> {
+/// Writes `pic` to `dest` in `format` (JPEG at `quality`) through the one write helper
+/// ([`crate::files::write_with`]): complete or not at all, replacing a file at `dest` only with
+/// [`Existing::Replace`](crate::files::Existing).
+pub fn write(
+    pic: &Picture,
+    dest: &Path,
+    format: Format,
+    quality: u8,
+    existing: crate::files::Existing,
+) -> anyhow::Result<()> {
+    check_encoder_limits(format, pic.width, pic.height)
+        .with_context(|| format!("cannot write '{}'", dest.display()))?;
     let img = to_dynamic(pic, format);
     let img = match format {
         // BMP and JPEG take 8-bit only; WebP's encoder takes 8-bit RGB(A) only.
@@ -358,17 +340,31 @@ pub fn write(pic: &Picture, dest: &Path, format: Format, quality: u8) -> anyhow:
         }
         _ => img,
     };
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    let encoded = if format == Format::Jpeg {
-        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
-        img.write_with_encoder(enc)
-    } else {
-        img.write_to(&mut bytes, format.image_format())
+    crate::files::write_with(dest, existing, |file| -> anyhow::Result<()> {
+        let mut w = std::io::BufWriter::new(file);
+        if format == Format::Jpeg {
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality);
+            img.write_with_encoder(enc)?;
+        } else {
+            img.write_to(&mut w, format.image_format())?;
+        }
+        std::io::Write::flush(&mut w)?;
+        Ok(())
+    })
+    .with_context(|| format!("cannot write '{}'", dest.display()))
+}
+
+/// The largest side each encoder takes: WebP 16383, JPEG 65535 pixels.
+pub fn check_encoder_limits(format: Format, width: usize, height: usize) -> anyhow::Result<()> {
+    let (name, max) = match format {
+        Format::Webp => ("WebP", 16383),
+        Format::Jpeg => ("JPEG", 65535),
+        _ => return Ok(()),
     };
-    encoded
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Ok(crate::files::write_atomic(dest, bytes.get_ref())?))
-        .with_context(|| format!("cannot write '{}'", dest.display()))
+    if width > max || height > max {
+        bail!("{width}x{height} is larger than {name} allows ({max} pixels a side)")
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -397,7 +393,7 @@ mod tests {
             depth: BitDepth::Sixteen,
         };
         let p = dir.path().join("a b ü.png");
-        write(&pic, &p, Format::Png, 90).unwrap();
+        write(&pic, &p, Format::Png, 90, crate::files::Existing::Keep).unwrap();
         let back = read(&p, DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!(back.depth, BitDepth::Sixteen);
         assert_eq!((back.width, back.height, back.channels), (3, 2, 3));
