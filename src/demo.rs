@@ -7,9 +7,9 @@ use anyhow::bail;
 use candle_core::{DType, Device};
 
 use crate::eval::metrics::psnr;
-use crate::files::Existing;
 use crate::eval::protocol::{from_tensor, to_tensor, Degradation, ImageF32, ImageU8};
 use crate::eval::run::save_u8;
+use crate::files::Existing;
 use crate::image_io::resize::imresize;
 use crate::kernel;
 use crate::restore::Task;

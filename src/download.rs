@@ -62,9 +62,11 @@ pub fn fetch(kind: ModelKind, url: &str, dir: &Path) -> anyhow::Result<PathBuf> 
     match written {
         // Another process downloaded it meanwhile: its file was checked the same way.
         Err(e) if crate::files::already_exists(&e) => Ok(dest),
-        r => r.map(|()| dest.clone()).with_context(|| {
-            format!("cannot download '{}' into '{}'", name, dir.display())
-        }),
+        // The helper's own errors (creating, flushing, renaming) name the file here.
+        Err(e) if e.is::<std::io::Error>() => {
+            Err(e.context(format!("cannot write '{}'", dest.display())))
+        }
+        r => r.map(|()| dest.clone()),
     }
 }
 
@@ -112,10 +114,5 @@ fn download(url: &str, file: &mut std::fs::File, label: &str) -> anyhow::Result<
         done += n as u64;
         pb.inc(n as u64);
     }
-    Ok(hash
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
-

@@ -43,6 +43,22 @@ impl From<ExitCode> for std::process::ExitCode {
     }
 }
 
+/// An error as one line of causes, outermost first, joined by `: ` (as `{:#}` does), each
+/// cause left out when the text before it already ends with it (errors that print their
+/// source and also return it).
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    out
+}
+
 /// Where the last panic happened and what it said, kept by the hook [`install_panic_hook`]
 /// sets, for the error that [`catch_panic`] makes of it.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
@@ -76,7 +92,11 @@ pub struct Panicked(String);
 
 impl std::fmt::Display for Panicked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "internal error (a bug in converse, please report it): {}", self.0)
+        write!(
+            f,
+            "internal error (a bug in converse, please report it): {}",
+            self.0
+        )
     }
 }
 
@@ -106,6 +126,15 @@ mod tests {
             std::process::ExitCode::from(ExitCode::Error),
             std::process::ExitCode::from(2)
         );
+    }
+
+    #[test]
+    fn messages_name_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(io).context("cannot write 'a.png': disk on fire");
+        assert_eq!(message(&e), "cannot write 'a.png': disk on fire");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(message(&e), "outer: inner");
     }
 
     #[test]

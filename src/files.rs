@@ -2,8 +2,7 @@
 //! reading only regular files.
 
 pub use converse_convert::files::{
-    is_temp_name, open_regular, read_regular, sweep, temp_files, write_bytes, write_with,
-    Existing,
+    is_temp_name, open_regular, read_regular, sweep, temp_files, write_bytes, write_with, Existing,
 };
 
 /// Whether `e` (or an error it wraps) says the destination exists: what [`write_with`] with

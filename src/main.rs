@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
     match exit_codes::catch_panic(run) {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", exit_codes::message(&e));
             if e.is::<exit_codes::Panicked>() {
                 ExitCode::SomeFailed.into()
             } else {

@@ -99,7 +99,13 @@ pub fn plan(req: &Request) -> anyhow::Result<Plan> {
                 req.output.display()
             )
         }
-        let files = list(req.input, req.recursive, req.inputs, Some(req.output), &mut plan.notes)?;
+        let files = list(
+            req.input,
+            req.recursive,
+            req.inputs,
+            Some(req.output),
+            &mut plan.notes,
+        )?;
         if files.is_empty() {
             let hint = if req.recursive {
                 ""
@@ -344,14 +350,23 @@ impl Identities {
     }
 }
 
-/// Whether `dir` finds names without regard to case: an entry with a cased letter is looked up
-/// with its case swapped; in a folder with none, a probe file is made and looked up so.
+/// Whether `dir` finds names without regard to case. An entry with a cased letter is looked
+/// up with its case swapped: not found, the folder is case-sensitive; found as the same inode,
+/// it is not. Otherwise (a folder with no such entry, or a filesystem that numbers each
+/// spelling apart, as FUSE ones do) a probe file is made and looked up so.
 pub fn case_insensitive(dir: &Path) -> bool {
     let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
     for e in entries.take(64) {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(swapped) = swap_case(&name) {
-            return same_node(&dir.join(&name), &dir.join(swapped));
+            let other = dir.join(swapped);
+            if std::fs::symlink_metadata(&other).is_err() {
+                return false;
+            }
+            if same_node(&dir.join(&name), &other) {
+                return true;
+            }
+            break;
         }
     }
     let Ok(probe) = tempfile::Builder::new()
@@ -361,8 +376,12 @@ pub fn case_insensitive(dir: &Path) -> bool {
     else {
         return false;
     };
-    let name = probe.path().file_name().unwrap_or_default().to_string_lossy();
-    swap_case(&name).is_some_and(|s| same_node(probe.path(), &dir.join(s)))
+    let name = probe
+        .path()
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    swap_case(&name).is_some_and(|s| std::fs::symlink_metadata(dir.join(s)).is_ok())
 }
 
 /// `name` with the case of its letters swapped, if it has any cased letter.
@@ -441,7 +460,13 @@ mod tests {
     fn folders_pair_by_relative_path_in_a_fixed_order() {
         let d = tempfile::tempdir().unwrap();
         let i = d.path().join("in");
-        for n in ["b.png", "a.jpg", "sub/c.png", "notes.txt", "sub/deeper/d.bmp"] {
+        for n in [
+            "b.png",
+            "a.jpg",
+            "sub/c.png",
+            "notes.txt",
+            "sub/deeper/d.bmp",
+        ] {
             touch(&i.join(n));
         }
         let o = d.path().join("out");
@@ -502,7 +527,10 @@ mod tests {
         let also = [k.clone()];
         let mut r = req(&a, &k);
         r.also_read = &also;
-        assert!(plan(&r).unwrap_err().to_string().contains("never overwritten"));
+        assert!(plan(&r)
+            .unwrap_err()
+            .to_string()
+            .contains("never overwritten"));
         // Through a symbolic link to the folder.
         #[cfg(unix)]
         {
@@ -547,7 +575,10 @@ mod tests {
         assert_eq!(p.pairs[0].output, o.join("a.png"));
         assert_eq!(
             p.notes,
-            [format!("leaving out '{}': it is the output folder", o.display())]
+            [format!(
+                "leaving out '{}': it is the output folder",
+                o.display()
+            )]
         );
     }
 
@@ -586,7 +617,9 @@ mod tests {
         let ok = d.path().join(format!("{}.png", "a".repeat(251)));
         check_output(&ok, Format::Png, (1, 1)).unwrap();
         let long = d.path().join(format!("{}.webp", "a".repeat(251)));
-        let e = check_output(&long, Format::Webp, (1, 1)).unwrap_err().to_string();
+        let e = check_output(&long, Format::Webp, (1, 1))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.ends_with("its name is 256 bytes, longer than the 255 its folder allows"),
             "{e}"

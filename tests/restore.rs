@@ -529,11 +529,14 @@ fn paths_are_checked_and_the_input_is_never_overwritten() {
             s(&input),
         ],
     );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("the output is the input, which is never overwritten"),
-        "{}",
-        stderr(&o)
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "error: the output '{}' is the input '{}', which is never overwritten\n",
+            input.display(),
+            input.display()
+        )
     );
     assert_eq!(std::fs::read(&input).unwrap(), before);
 

@@ -198,7 +198,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         path: path.to_owned(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut file = files::open_regular(path).map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -239,10 +239,12 @@ pub fn read_pth(path: &Path, limits: Limits) -> Result<StateDict> {
         path: path.to_owned(),
         source,
     })?;
-    if meta.is_dir() {
+    if !meta.is_file() {
         return Err(Error::Io {
             path: path.to_owned(),
-            source: std::io::Error::other("is a directory"),
+            source: files::open_regular(path)
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("not a regular file")),
         });
     }
     let sha256 = sha256_file(path)?;

@@ -36,7 +36,10 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
         )
     }
     if a.all && !a.input.is_dir() {
-        bail!("--all takes a folder, and '{}' is not one", a.input.display())
+        bail!(
+            "--all takes a folder, and '{}' is not one",
+            a.input.display()
+        )
     }
     let output: PathBuf = match (&a.output, a.all) {
         (Some(o), _) => o.clone(),
@@ -80,7 +83,7 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
             // One file given: its failure is the run's (a bad checkpoint is a set-up error).
             Err(e) if !a.all => return Err(e),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::exit_codes::message(&e));
                 failed += 1;
             }
         }

@@ -81,7 +81,7 @@ pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
                 output.display()
             ),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::exit_codes::message(&e));
                 failed += 1;
             }
         }

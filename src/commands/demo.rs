@@ -28,20 +28,14 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "{:<14} {:>12} {:>12}  panel (degraded | restored | clean)",
         "task", "PSNR before", "PSNR after"
     );
-    converse::demo::run(
-        &a.model.locator(),
-        &device,
-        &a.output,
-        existing,
-        |r| {
-            println!(
-                "{:<14} {:>9.2} dB {:>9.2} dB  {}",
-                r.name,
-                r.psnr_before,
-                r.psnr_after,
-                r.file.display()
-            );
-        },
-    )?;
+    converse::demo::run(&a.model.locator(), &device, &a.output, existing, |r| {
+        println!(
+            "{:<14} {:>9.2} dB {:>9.2} dB  {}",
+            r.name,
+            r.psnr_before,
+            r.psnr_after,
+            r.file.display()
+        );
+    })?;
     Ok(ExitCode::Success)
 }

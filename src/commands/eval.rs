@@ -66,7 +66,16 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         let run = evaluate(&model, &spec, |name| {
             bar.set_message(name.to_owned());
             bar.inc(1);
-        })?;
+        });
+        // The work has begun: a failure now is the run's failure (1), not a usage error.
+        let run = match run {
+            Ok(run) => run,
+            Err(e) => {
+                bar.finish_and_clear();
+                eprintln!("error: {}", crate::exit_codes::message(&e));
+                return Ok(ExitCode::SomeFailed);
+            }
+        };
         bar.suspend(|| print!("{}", table(&run)));
         runs.push(run);
     }
@@ -107,10 +116,7 @@ fn check_outputs(a: &EvalArgs, kernels: &[String], images: &[PathBuf]) -> anyhow
         }
         let names: Vec<Option<String>> = match kernels.len() {
             0 => vec![None],
-            _ => kernels
-                .iter()
-                .map(|k| Some(kernel_label(k)))
-                .collect(),
+            _ => kernels.iter().map(|k| Some(kernel_label(k))).collect(),
         };
         for name in names {
             let dir = save_dir(save, name.as_deref(), kernels.len());
@@ -137,10 +143,7 @@ fn check_outputs(a: &EvalArgs, kernels: &[String], images: &[PathBuf]) -> anyhow
         return Ok(Existing::Replace);
     }
     if let Some(p) = pairs.iter().find(|p| p.output.exists()) {
-        bail!(
-            "'{}' exists (--overwrite replaces it)",
-            p.output.display()
-        )
+        bail!("'{}' exists (--overwrite replaces it)", p.output.display())
     }
     Ok(Existing::Keep)
 }

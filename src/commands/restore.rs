@@ -125,8 +125,8 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
                 skipped += 1;
             }
             Err(e) => {
-                bars.suspend(|| eprintln!("error: {e:#}"));
-                failed.push((job.input.clone(), format!("{e:#}")));
+                bars.suspend(|| eprintln!("error: {}", crate::exit_codes::message(&e)));
+                failed.push((job.input.clone(), crate::exit_codes::message(&e)));
             }
         }
         bars.done();
@@ -187,7 +187,11 @@ fn dry_run(
             Ok(line) => println!("{line}"),
             Err(e) => {
                 failed += 1;
-                println!("'{}': error: {e:#}", job.input.display());
+                println!(
+                    "'{}': error: {}",
+                    job.input.display(),
+                    crate::exit_codes::message(&e)
+                );
             }
         }
     }

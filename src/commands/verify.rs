@@ -35,7 +35,11 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(e) => {
-                println!("{:<28} error: {e:#}", f.display());
+                println!(
+                    "{:<28} error: {}",
+                    f.display(),
+                    crate::exit_codes::message(&e)
+                );
                 failed += 1;
             }
         }

@@ -59,15 +59,24 @@ impl Picture {
 fn open_image(path: &Path) -> anyhow::Result<ImageReader<std::io::BufReader<std::fs::File>>> {
     let file = crate::files::open_regular(path)
         .with_context(|| format!("cannot read '{}'", path.display()))?;
-    ImageReader::new(std::io::BufReader::new(file))
+    let mut reader = ImageReader::new(std::io::BufReader::new(file));
+    // The extension's format unless the content says otherwise (as `ImageReader::open`).
+    if let Ok(f) = ImageFormat::from_path(path) {
+        reader.set_format(f);
+    }
+    reader
         .with_guessed_format()
         .with_context(|| format!("cannot read '{}'", path.display()))
 }
 
 /// Decodes `path`, applying EXIF orientation, refusing more than `max_pixels` pixels.
 pub fn decode(path: &Path, max_pixels: u64) -> anyhow::Result<DynamicImage> {
-    decode_reader(open_image(path)?, max_pixels, " (raise it with --max-pixels)")
-        .with_context(|| format!("'{}'", path.display()))
+    decode_reader(
+        open_image(path)?,
+        max_pixels,
+        " (raise it with --max-pixels)",
+    )
+    .with_context(|| format!("'{}'", path.display()))
 }
 
 /// Width, height and colour channels (1 or 3) of `path` after EXIF orientation, from its header
