@@ -1,9 +1,12 @@
 //! One module per command, each with `run(args) -> anyhow::Result<ExitCode>`.
 
+pub mod completions;
 pub mod convert;
 pub mod degrade;
 pub mod demo;
 pub mod eval;
+pub mod info;
+pub mod man;
 pub mod restore;
 pub mod verify;
 
