@@ -8,10 +8,14 @@ use std::process::Command;
 
 use common::{shared, stderr, stdout};
 
-/// The binary with nothing from this environment but `HOME` (a fresh folder) and `extra`.
+/// The binary with nothing from this environment but `HOME` (a fresh folder), `extra`, and
+/// the library path a CUDA build may need to start (`scripts/cuda-build --test`).
 fn clean(home: &Path, extra: &[(&str, &Path)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_converse"));
     c.env_clear().env("HOME", home);
+    if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
+        c.env("LD_LIBRARY_PATH", p);
+    }
     for (k, v) in extra {
         c.env(k, v);
     }
