@@ -376,3 +376,28 @@ fn every_help_fits_a_terminal_one_line_per_option_and_ends_with_an_example() {
         }
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("man1");
+    let dir = dir.to_str().unwrap();
+    for args in [
+        &["info"][..],
+        &["info", "--json"],
+        &["completions", "bash"],
+        &["man"],
+        &["man", "--dir", dir],
+    ] {
+        // A pipe whose reader is gone before the command writes (`converse info | head`).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = clean(home.path(), &[])
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args:?}");
+    }
+}

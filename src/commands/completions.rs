@@ -4,7 +4,8 @@ use crate::cli::CompletionsArgs;
 use crate::exit_codes::ExitCode;
 
 pub fn run(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
-    let mut cmd = crate::cli::command();
-    clap_complete::generate(a.shell, &mut cmd, "converse", &mut std::io::stdout());
+    let mut script = vec![];
+    clap_complete::generate(a.shell, &mut crate::cli::command(), "converse", &mut script);
+    super::print_out(&script)?;
     Ok(ExitCode::Success)
 }

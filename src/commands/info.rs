@@ -116,11 +116,12 @@ struct ModelWeights {
 
 pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     let info = gather(&WeightsLocator::new(a.weights.as_deref()));
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+    let out = if a.json {
+        serde_json::to_string_pretty(&info)? + "\n"
     } else {
-        print!("{}", text(&info));
-    }
+        text(&info)
+    };
+    super::print_out(out.as_bytes())?;
     Ok(ExitCode::Success)
 }
 

@@ -34,6 +34,17 @@ impl ModelArgs {
     }
 }
 
+/// Writes `bytes` to stdout. A reader that has gone (`converse info | head`) ends the output
+/// quietly, without an error.
+pub fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// The degradation of `task` as the official scripts make it.
 pub fn degradation(
     task: Task,
