@@ -1,8 +1,8 @@
 //! The README's examples run as written: every fenced block opened with ```` ```sh example ````
-//! runs under `bash -euo pipefail` in a fresh folder holding the inputs the examples name
-//! (`photo.jpg`, and `photos/` with a subfolder), small generated images, with the built
-//! `converse` first on `PATH` and the shared weights in `$CONVERSE_WEIGHTS`. Each block must
-//! succeed and leave every output it names with `-o`.
+//! runs under `bash -euo pipefail` in a fresh folder, which is also `$HOME`, holding the inputs
+//! the examples name (`photo.jpg`, and `photos/` with a subfolder), small generated images, with
+//! the built `converse` first on `PATH` and the shared weights in `$CONVERSE_WEIGHTS`. Each block
+//! must succeed and leave every output it names with `-o`.
 
 mod common;
 
@@ -49,16 +49,25 @@ fn make_inputs(dir: &Path) {
         .unwrap();
 }
 
-/// The outputs a block names with `-o`, except in `--dry-run` lines.
-fn outputs(block: &str) -> Vec<PathBuf> {
+/// The outputs a block names with `-o` (except in `--dry-run` lines), `--dir` or `>`, with `~/`
+/// taken from `home`.
+fn outputs(block: &str, home: &Path) -> Vec<PathBuf> {
     block
         .lines()
         .map(|l| l.split('#').next().unwrap_or(""))
-        .filter(|l| !l.contains("--dry-run"))
         .filter_map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            let i = words.iter().position(|w| *w == "-o")?;
-            words.get(i + 1).map(PathBuf::from)
+            let flags: &[&str] = if l.contains("--dry-run") {
+                &["--dir", ">"]
+            } else {
+                &["-o", "--dir", ">"]
+            };
+            let i = words.iter().position(|w| flags.contains(w))?;
+            let w = words.get(i + 1)?;
+            Some(match w.strip_prefix("~/") {
+                Some(rest) => home.join(rest),
+                None => PathBuf::from(w),
+            })
         })
         .collect()
 }
@@ -71,8 +80,11 @@ fn the_example_blocks_are_found() {
         [(2, "echo 1\n".to_owned()), (8, "b\nc\n".to_owned())]
     );
     assert_eq!(
-        outputs("x -i a.png -o b.png  # -o c.png\nx --dry-run -o d/\nx -o e/\n"),
-        [PathBuf::from("b.png"), PathBuf::from("e/")]
+        outputs(
+            "x -i a.png -o b.png  # -o c.png\nx --dry-run -o d/\nx -o e/\nx > ~/f\nx --dir g\n",
+            Path::new("/h")
+        ),
+        ["b.png", "e/", "/h/f", "g"].map(PathBuf::from)
     );
 }
 
@@ -94,6 +106,7 @@ fn every_readme_example_runs() {
         let o = Command::new("bash")
             .args(["--norc", "-euo", "pipefail", "-c", &block])
             .current_dir(dir.path())
+            .env("HOME", dir.path())
             .env("PATH", &path)
             .env("CONVERSE_WEIGHTS", shared.join("weights"))
             .env("XDG_CACHE_HOME", cache.path())
@@ -107,9 +120,7 @@ fn every_readme_example_runs() {
             stdout(&o),
             stderr(&o)
         );
-        let named = outputs(&block);
-        assert!(!named.is_empty(), "README.md line {line}: no output named");
-        for out in named {
+        for out in outputs(&block, dir.path()) {
             assert!(
                 dir.path().join(&out).exists(),
                 "README.md line {line}: no '{}'",
