@@ -1,6 +1,7 @@
 //! A large test photo from small ones: a mosaic of the images of a folder (sorted by name, each
 //! centre-cropped to a square cell, enlarged first when smaller, mirrored on every second pass
-//! through the folder), cut to `W x H`. The README's 2 MP and 12 MP figures use it on Set14:
+//! through the folder), cut to `W x H`. The 2 MP and 12 MP figures of docs/performance.md use
+//! it on Set14:
 //!
 //! ```sh
 //! cargo run --release --example mosaic -- $CONVERSE_SHARED/testsets/set14 1632 1224 photo2mp.png

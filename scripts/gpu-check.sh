@@ -83,7 +83,7 @@ fi
 missing="$(ldd "$bin" 2>/dev/null | grep 'not found' | awk '{print $1}' | tr '\n' ' ')"
 say "converse GPU check: $bin on $device ($gpu, driver $driver)"
 if [[ -n "$missing" ]]; then
-  say "the binary cannot load: missing $missing(the CUDA 13 runtime libraries: see the README's CUDA section)"
+  say "the binary cannot load: missing $missing(the CUDA 13 runtime libraries: see docs/cuda.md)"
 fi
 machine_json="{\"binary\":$(json_str "$bin"),\"device\":$(json_str "$device"),\"gpu\":$(json_str "$gpu"),\"driver\":$(json_str "$driver"),\"missing_libraries\":$(json_str "$missing"),\"version\":$(json_str "$("$bin" --version 2>&1)")}"
 

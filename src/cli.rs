@@ -8,45 +8,99 @@ use converse::device::DeviceSpec;
 use converse::image_io::{self, Format};
 use converse::restore::Task;
 
-/// Image restoration with the released ConverseNet models (ICCV 2025): denoising, x4
-/// super-resolution and deblurring.
+/// Restore images with the released ConverseNet models: denoise, x4 SR, deblur.
 #[derive(Parser)]
-#[command(name = "converse", version, about)]
+#[command(
+    name = "converse",
+    version,
+    after_help = "Example: converse restore --task denoise -i noisy.png -o clean.png"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The command line, with `--version` naming this build's features.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().version(crate::commands::info::version())
+}
+
+/// Parses the process's arguments (exiting with clap's message and status on an error).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 #[derive(Subcommand)]
 pub enum Command {
-    /// Convert official .pth checkpoints to safetensors (no Python needed).
+    /// Convert official .pth checkpoints to safetensors.
+    #[command(after_help = "Example: converse convert converse_dncnn.pth")]
     Convert(ConvertArgs),
-    /// Restore images: denoise, super-resolve (x4) or deblur, a file or a folder.
+    /// Denoise, super-resolve (x4) or deblur an image or a folder.
+    #[command(after_help = "Example: converse restore --task sr -i small.png -o big.png")]
     Restore(RestoreArgs),
     /// See every model at work on a synthetic image: no input needed.
+    #[command(after_help = "Example: converse demo -o converse-demo")]
     Demo(DemoArgs),
-    /// Check this installation against golden outputs of the official code.
+    /// Check this installation against the official code's outputs.
+    #[command(after_help = "Example: converse verify ../shared/golden")]
     Verify(VerifyArgs),
-    /// Reproduce the paper's numbers: degrade a dataset as the official scripts do, restore, score.
+    /// Reproduce the paper's numbers on a dataset.
+    #[command(after_help = "Example: converse eval --task sr --dataset testsets/set5")]
     Eval(EvalArgs),
-    /// Write degraded inputs (noisy, x4 downscaled or blurred) to try the models on.
+    /// Write noisy, x4-downscaled or blurred copies to try the models on.
+    #[command(after_help = "Example: converse degrade --task sr -i photo.png -o small.png")]
     Degrade(DegradeArgs),
+    /// Show what converse sees: CPU, threads, memory, devices, weights.
+    #[command(after_help = "Example: converse info --json")]
+    Info(InfoArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Example: converse completions zsh > ~/.zfunc/_converse")]
+    Completions(CompletionsArgs),
+    /// Print the man page, or write a page per command with --dir.
+    #[command(after_help = "Example: converse man | man -l -")]
+    Man(ManArgs),
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// A weights folder to search first, as --weights does.
+    #[arg(long, value_name = "DIR")]
+    pub weights: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+pub struct ManArgs {
+    /// Write a page per command into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Where the models come from and where they run: every command that runs one takes these.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Folder holding the weights (.pth or .safetensors); see also $CONVERSE_WEIGHTS.
+    /// Weights folder (also $CONVERSE_WEIGHTS).
     #[arg(long, value_name = "DIR")]
     pub weights: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (default: cuda if built with it and present, else cpu).
+    /// cpu, cuda or cuda:N (default: cuda if usable).
     #[arg(long)]
     pub device: Option<DeviceSpec>,
 }
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Where to write the before/after panels.
+    /// Folder for the panels.
     #[arg(short, long, default_value = "converse-demo")]
     pub output: PathBuf,
     /// Replace files in the folder that are not this demo's panels.
@@ -58,59 +112,55 @@ pub struct DemoArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    #[arg(long, value_enum)]
+    /// What to do: denoise, sr (x4) or deblur.
+    #[arg(long, value_enum, hide_possible_values = true)]
     pub task: Task,
     /// An image, or a folder of images.
-    #[arg(short, long)]
+    #[arg(short, long, value_name = "IN")]
     pub input: PathBuf,
-    /// The restored image (a file for a file, a folder for a folder).
-    #[arg(short, long)]
+    /// The result: a file for a file, a folder for a folder.
+    #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
-    /// Deblur with this known kernel (Converse-USRNet): .npy, a PSF image, a text matrix,
-    /// gaussian:SIGMA or motion:LENGTH,ANGLE. Without it, deblurring is blind (ConverseNet).
+    /// Known blur kernel: FILE, gaussian:S or motion:L,A.
     #[arg(long, value_name = "K")]
     pub kernel: Option<String>,
-    /// The kernel is a correlation filter: flip it (kernels are taken as in
-    /// scipy.ndimage.convolve).
+    /// The kernel is a correlation filter: flip it.
     #[arg(long, requires = "kernel")]
     pub kernel_flip: bool,
-    /// Denoise: write a grayscale result from a colour image.
+    /// Denoise: write gray from a colour image.
     #[arg(long)]
     pub gray: bool,
-    /// SR scale; the released model is x4, the only value accepted.
+    /// SR scale (the released model is x4 only).
     #[arg(long)]
     pub scale: Option<usize>,
-    /// Self-ensemble: average over the 8 flips and rotations (8x the time).
+    /// Average over 8 flips and rotations (8x the time).
     #[arg(long)]
     pub x8: bool,
-    /// Descend into subfolders of a folder input (the structure is kept).
+    /// Descend into subfolders of a folder input.
     #[arg(short, long)]
     pub recursive: bool,
-    /// Replace existing outputs (by default they are skipped).
+    /// Replace existing outputs (default: skip them).
     #[arg(long)]
     pub overwrite: bool,
-    /// Output format (default: from the output's extension; for folders, each input's own).
-    #[arg(long, value_enum)]
+    /// png, jpeg, bmp, tiff or webp (default: by extension).
+    #[arg(long, value_enum, hide_possible_values = true)]
     pub format: Option<Format>,
-    /// JPEG quality, 1-100.
+    /// JPEG quality, 1 to 100.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
-    /// Tile side in pixels (0: never tile; default: whole when the image fits --max-memory,
-    /// else the largest tiles that do).
+    /// Tile side in pixels, 0: whole (default: by memory).
     #[arg(long, value_name = "SIZE")]
     pub tile: Option<usize>,
-    /// Overlap between tiles, in pixels (default: how far the model's output depends on its
-    /// input, measured per model; with --tile, at most a quarter of the tile).
+    /// Overlap between tiles in pixels (default: per model).
     #[arg(long, value_name = "PX")]
     pub tile_overlap: Option<usize>,
-    /// Memory budget for a model run, e.g. 8G or 512M (default: half the available memory).
+    /// Memory budget, e.g. 8G (default: half of free RAM).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
-    /// Refuse images with more pixels than this (decompression bombs).
+    /// Refuse larger images.
     #[arg(long, value_name = "N", default_value_t = image_io::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
-    /// Print the plan (one line per input: model, whole or tiles, estimated peak memory) and
-    /// exit, reading no weights and writing nothing.
+    /// Print the plan (tiles, peak memory) and exit.
     #[arg(long)]
     pub dry_run: bool,
     /// No progress bar.
@@ -140,24 +190,25 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    #[arg(long, value_enum)]
+    /// denoise, sr or deblur.
+    #[arg(long, value_enum, hide_possible_values = true)]
     pub task: Task,
     /// Folder of clean images (searched recursively).
     #[arg(long, value_name = "DIR")]
     pub dataset: PathBuf,
-    /// Blur kernel for --task deblur (.npy, PSF image, text, gaussian:S, motion:L,A).
+    /// Blur kernel: FILE, gaussian:S or motion:L,A.
     #[arg(long, value_name = "K", conflicts_with = "kernels")]
     pub kernel: Option<String>,
-    /// Several kernels, comma-separated: one run each.
+    /// Several kernels, comma-separated: a run each.
     #[arg(long, value_name = "K1,K2,...", value_delimiter = ',')]
     pub kernels: Vec<String>,
-    /// Deblur with Converse-USRNet, given the kernel (default: blind ConverseNet).
+    /// Deblur given the kernel (default: blind).
     #[arg(long)]
     pub with_kernel: bool,
-    /// Noise level on the 0-255 scale (default: 25 for denoise, 2.55 for deblur).
+    /// Noise, 0-255 scale (default: 25; deblur 2.55).
     #[arg(long)]
     pub sigma: Option<f64>,
-    /// Seed of numpy's legacy generator, reset for every image as the official scripts do.
+    /// Seed of numpy's generator, per image.
     #[arg(long, default_value_t = 0)]
     pub seed: u32,
     /// Write the results as JSON.
@@ -178,22 +229,22 @@ pub struct EvalArgs {
 
 #[derive(Args)]
 pub struct DegradeArgs {
-    #[arg(long, value_enum)]
+    /// denoise, sr or deblur.
+    #[arg(long, value_enum, hide_possible_values = true)]
     pub task: Task,
     /// An image or a folder of images.
-    #[arg(short, long)]
+    #[arg(short, long, value_name = "IN")]
     pub input: PathBuf,
-    /// The degraded image, its format from its extension (or a folder, for a folder input:
-    /// PNG files).
-    #[arg(short, long)]
+    /// The degraded image (format from its extension), or a folder (of PNGs).
+    #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
     /// Replace existing outputs (by default they are skipped).
     #[arg(long)]
     pub overwrite: bool,
-    /// Noise level on the 0-255 scale (default: 25 for denoise, 2.55 for deblur).
+    /// Noise, 0-255 scale (default: 25; deblur 2.55).
     #[arg(long)]
     pub sigma: Option<f64>,
-    /// Blur kernel for --task deblur.
+    /// Blur kernel: FILE, gaussian:S or motion:L,A.
     #[arg(long, value_name = "K")]
     pub kernel: Option<String>,
     /// Seed of numpy's legacy generator.
@@ -203,10 +254,9 @@ pub struct DegradeArgs {
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// The checkpoint to convert (with --all: a folder of them).
+    /// The checkpoint (with --all: a folder of them).
     pub input: PathBuf,
-    /// Output file (default: INPUT with .safetensors); with --all, the output folder (default:
-    /// the input folder).
+    /// Output file, or folder with --all (default: beside).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Convert every .pth file in the INPUT folder.
@@ -228,8 +278,8 @@ pub struct VerifyArgs {
     /// Golden .safetensors files, or folders of them.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Arithmetic precision (f64 checks the maths itself; the bound stays that of f32).
-    #[arg(long, value_enum, default_value = "f32")]
+    /// f32, or f64 to check the maths.
+    #[arg(long, value_enum, default_value = "f32", hide_possible_values = true)]
     pub precision: Precision,
     #[command(flatten)]
     pub model: ModelArgs,

@@ -61,6 +61,13 @@ impl DeviceSpec {
         }
     }
 
+    /// The CUDA devices this process can use (`cuda:0` opens; the others are counted), or why
+    /// there are none: a CPU build, no GPU, a driver or GPU this build cannot use.
+    pub fn cuda_devices() -> Result<Vec<Self>, String> {
+        Self::Cuda(0).open().map_err(|e| format!("{e:#}"))?;
+        Ok((0..imp::count()).map(Self::Cuda).collect())
+    }
+
     /// Opens the device, with a clear error when CUDA is not built in, or the GPU is absent or
     /// unusable.
     pub fn open(self) -> anyhow::Result<Device> {
@@ -85,6 +92,10 @@ mod imp {
 
     pub fn no_gpu(_: &anyhow::Error) -> bool {
         true
+    }
+
+    pub fn count() -> usize {
+        0
     }
 }
 
@@ -143,6 +154,14 @@ mod imp {
             }
             _ => anyhow!("cannot initialise CUDA ({}): use --device cpu", name(&e)),
         })
+    }
+
+    /// The GPUs the driver counts (0 when it cannot say).
+    pub fn count() -> usize {
+        init()
+            .ok()
+            .and_then(|_| result::device::get_count().ok())
+            .map_or(0, |n| n.max(0) as usize)
     }
 
     /// Checks CUDA device `n` and opens it with candle.
@@ -241,6 +260,15 @@ impl Target {
             Self::AtLeast(b) => cap >= b,
             Self::Exactly(b) => cap == b,
             Self::Family(b) => cap / 10 == b / 10 && cap >= b,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }

@@ -4,9 +4,7 @@ mod cli;
 mod commands;
 mod exit_codes;
 
-use clap::Parser;
-
-use cli::{Cli, Command};
+use cli::Command;
 use exit_codes::ExitCode;
 
 #[global_allocator]
@@ -33,12 +31,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+    match cli::parse().command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Restore(a) => commands::restore::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Degrade(a) => commands::degrade::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Completions(a) => commands::completions::run(a),
+        Command::Man(a) => commands::man::run(a),
     }
 }

@@ -26,6 +26,13 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("converse"))
 }
 
+/// A weights file found under its released name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Safetensors(PathBuf),
+    Pth(PathBuf),
+}
+
 /// Where weights are searched for, in order.
 #[derive(Debug, Clone)]
 pub struct WeightsLocator {
@@ -65,15 +72,10 @@ impl WeightsLocator {
     pub fn load(&self, kind: ModelKind, dtype: DType, dev: &Device) -> anyhow::Result<Model> {
         let st_name = format!("{}.safetensors", kind.id());
         let pth_name = format!("{}.pth", kind.id());
-        for (dir, _) in &self.dirs {
-            let st = dir.join(&st_name);
-            if st.is_file() {
-                return Model::load(kind, &st, dtype, dev);
-            }
-            let pth = dir.join(&pth_name);
-            if pth.is_file() {
-                return self.load_pth(kind, &pth, dtype, dev);
-            }
+        match self.find(kind) {
+            Some(Found::Safetensors(st)) => return Model::load(kind, &st, dtype, dev),
+            Some(Found::Pth(pth)) => return self.load_pth(kind, &pth, dtype, dev),
+            None => {}
         }
         let download_note = if self.download {
             let url = download::checkpoint_url(kind);
@@ -107,6 +109,22 @@ impl WeightsLocator {
             places.join("\n"),
             kind.url()
         )
+    }
+
+    /// The file [`load`](Self::load) takes for `kind`: in the first folder that has one, its
+    /// `.safetensors`, else its `.pth`.
+    pub fn find(&self, kind: ModelKind) -> Option<Found> {
+        self.dirs.iter().find_map(|(dir, _)| {
+            let st = dir.join(format!("{}.safetensors", kind.id()));
+            let pth = dir.join(format!("{}.pth", kind.id()));
+            if st.is_file() {
+                Some(Found::Safetensors(st))
+            } else if pth.is_file() {
+                Some(Found::Pth(pth))
+            } else {
+                None
+            }
+        })
     }
 
     /// Converts `pth` (through the cache when it can be written) and loads it. It must be the

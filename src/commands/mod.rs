@@ -1,9 +1,12 @@
 //! One module per command, each with `run(args) -> anyhow::Result<ExitCode>`.
 
+pub mod completions;
 pub mod convert;
 pub mod degrade;
 pub mod demo;
 pub mod eval;
+pub mod info;
+pub mod man;
 pub mod restore;
 pub mod verify;
 
@@ -28,6 +31,17 @@ impl ModelArgs {
 
     pub fn locator(&self) -> WeightsLocator {
         WeightsLocator::new(self.weights.as_deref())
+    }
+}
+
+/// Writes `bytes` to stdout. A reader that has gone (`converse info | head`) ends the output
+/// quietly, without an error.
+pub fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

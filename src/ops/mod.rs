@@ -19,6 +19,7 @@ use std::cell::Cell;
 use candle_core::{DType, Tensor};
 
 pub use converse2d::{solve as converse2d_solve, Converse2d, Converse2dConfig};
+pub use cpu::simd::level as simd_level;
 pub use cpu::solve::FILTER_CACHE_ENV;
 pub use fft::{irfft2, rfft2};
 pub use pad::{pad2d, PaddingMode};

@@ -193,6 +193,16 @@ mod x86 {
     }
 }
 
+/// The instruction set the fused kernels run with on this CPU: `avx512`, `avx2` (with FMA) or
+/// `portable` (what [`simd_fn!`] picks).
+pub fn level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(s) = Avx2::get() {
+        return if s.avx512() { "avx512" } else { "avx2" };
+    }
+    "portable"
+}
+
 /// Declares a kernel whose body (a block generic over the token `$s: impl Simd`) is compiled
 /// for AVX2 + FMA and chosen when the CPU has them, and compiled portable otherwise. The body
 /// must inline whole (loops and `#[inline(always)]` calls, no closures it relies on to
