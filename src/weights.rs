@@ -117,9 +117,12 @@ impl WeightsLocator {
         self.dirs.iter().find_map(|(dir, _)| {
             let st = dir.join(format!("{}.safetensors", kind.id()));
             let pth = dir.join(format!("{}.pth", kind.id()));
-            if st.is_file() {
+            // Anything but a folder is taken, so that a device or FIFO under a model's name is
+            // refused by name when it is read, not passed over.
+            let present = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_dir());
+            if present(&st) {
                 Some(Found::Safetensors(st))
-            } else if pth.is_file() {
+            } else if present(&pth) {
                 Some(Found::Pth(pth))
             } else {
                 None

@@ -1,5 +1,5 @@
 //! `converse man`: the man page converse(1) on stdout, or with `--dir DIR` one page per command
-//! (`converse.1`, `converse-restore.1`, ...) written into DIR.
+//! (`converse.1`, `converse-restore.1`, ...) written into DIR, replacing earlier pages.
 
 use anyhow::Context;
 
@@ -13,13 +13,13 @@ pub fn run(a: ManArgs) -> anyhow::Result<ExitCode> {
         super::print_out(&render(&cmd)?)?;
         return Ok(ExitCode::Success);
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
     let pages = std::iter::once(&cmd).chain(cmd.get_subcommands().filter(|c| !c.is_hide_set()));
     let mut written = String::new();
     for c in pages {
         let name = c.get_display_name().unwrap_or(c.get_name());
         let path = dir.join(format!("{name}.1"));
-        converse_convert::write_atomic(&path, &render(c)?)
+        // The pages are this binary's own documentation: a newer one replaces an older one.
+        converse::files::write_bytes(&path, converse::files::Existing::Replace, &render(c)?)
             .with_context(|| format!("cannot write '{}'", path.display()))?;
         written.push_str(&format!("{}\n", path.display()));
     }

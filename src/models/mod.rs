@@ -236,6 +236,9 @@ pub enum Model {
     USRNet(ConverseUSRNet),
 }
 
+/// The largest safetensors file a model is loaded from (the released models are a few MB).
+pub const MAX_SAFETENSORS_BYTES: u64 = 1 << 30;
+
 impl Model {
     fn build(
         kind: ModelKind,
@@ -291,8 +294,8 @@ impl Model {
 
     /// Loads `kind` from a safetensors file (as written by `converse convert`).
     pub fn load(kind: ModelKind, path: &Path, dtype: DType, dev: &Device) -> anyhow::Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        let bytes = crate::files::read_regular(path, MAX_SAFETENSORS_BYTES)
+            .with_context(|| format!("cannot read '{}'", path.display()))?;
         Self::load_bytes(kind, &bytes, dtype, dev)
             .with_context(|| format!("cannot load {kind} from '{}'", path.display()))
     }
