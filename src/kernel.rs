@@ -410,6 +410,17 @@ mod tests {
             "the kernel sums to 0; it must sum to more than 0"
         );
         assert!(bad(vec![1.0, -0.5]).starts_with("the kernel holds a negative value (-0.5)"));
+        // Finite values whose sum overflows; tiny (subnormal) ones still normalise exactly.
+        let overflow = "the kernel's values are too large: their sum overflows (inf); scale them \
+                        down (only their ratios matter)";
+        assert_eq!(bad(vec![1e308; 3]), overflow);
+        assert_eq!(bad(vec![f64::MAX / 4.0; 9]), overflow);
+        let tiny = Kernel::new(1, 4, vec![5e-324, 0.0, 1e-323, 5e-324]).unwrap();
+        assert_eq!(tiny.normalised().unwrap().data, [0.25, 0.0, 0.5, 0.25]);
+        assert!(parse_text("1e308 1e308 1e308")
+            .unwrap()
+            .checked_sum()
+            .is_err());
         let e = Kernel::new(8, 8, vec![1.0; 64])
             .unwrap()
             .for_model()
