@@ -163,7 +163,7 @@ pub fn gaussian(sigma: f64) -> anyhow::Result<Kernel> {
 /// (counter-clockwise from the x axis), each pixel weighted by the length of segment it holds.
 pub fn motion(length: f64, angle: f64) -> anyhow::Result<Kernel> {
     let n = MODEL_KERNEL_SIZE;
-    if !(length.is_finite() && length > 0.0 && length <= n as f64) || !angle.is_finite() {
+    if !(length.is_finite() && length > 0.0 && length <= n as f64 && angle.is_finite()) {
         bail!(
             "motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}"
         )

@@ -515,7 +515,7 @@ fn check_pickle(p: &[u8], spent: &mut u64, budget: u64) -> std::result::Result<(
                     _ => {
                         // `u` checks for pairs after finding the dict.
                         let mark = stack.iter().rposition(|o| o.kind == Kind::Mark);
-                        let pairs = mark.is_some_and(|m| (stack.len() - m - 1) % 2 == 0);
+                        let pairs = mark.is_some_and(|m| (stack.len() - m - 1).is_multiple_of(2));
                         let added = pop_to_mark(&mut stack);
                         (added.filter(|_| pairs), Kind::Dict)
                     }
