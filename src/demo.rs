@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 
 use crate::eval::metrics::psnr;
@@ -225,7 +225,10 @@ pub fn run(
                 candle_core::Tensor::from_vec(v, (1, 1, 7, 7), device)
             })
             .transpose()?;
-        let out = from_tensor(&model.forward(&to_tensor(&d.input, device)?, k.as_ref())?)?;
+        let y = model
+            .forward(&to_tensor(&d.input, device)?, k.as_ref())
+            .with_context(|| format!("cannot restore the {name} demo image"))?;
+        let out = from_tensor(&y)?;
         let before = as_clean_size(&d.input, task.scale());
         let (h, w, c) = (d.clean.height, d.clean.width, d.clean.channels);
         let file = out_dir.join(format!("{name}.png"));

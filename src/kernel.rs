@@ -42,8 +42,9 @@ impl Kernel {
         }
     }
 
-    /// Checks the values (finite, non-negative, positive sum) and normalises to sum 1.
-    pub fn normalised(&self) -> anyhow::Result<Self> {
+    /// Checks the values: finite, non-negative, with a finite sum above 0, which it returns.
+    /// Every value divided by that sum is then finite too, in 0..=1.
+    pub fn checked_sum(&self) -> anyhow::Result<f64> {
         if let Some(v) = self.data.iter().find(|v| !v.is_finite()) {
             bail!("the kernel holds a non-finite value ({v})")
         }
@@ -51,9 +52,21 @@ impl Kernel {
             bail!("the kernel holds a negative value ({v}); a blur kernel is non-negative")
         }
         let sum: f64 = self.data.iter().sum();
+        if !sum.is_finite() {
+            bail!(
+                "the kernel's values are too large: their sum overflows ({sum}); scale them down \
+                 (only their ratios matter)"
+            )
+        }
         if sum <= 0.0 {
             bail!("the kernel sums to {sum}; it must sum to more than 0")
         }
+        Ok(sum)
+    }
+
+    /// Checks the values ([`Self::checked_sum`]) and normalises to sum 1.
+    pub fn normalised(&self) -> anyhow::Result<Self> {
+        let sum = self.checked_sum()?;
         Ok(Self {
             data: self.data.iter().map(|v| v / sum).collect(),
             ..self.clone()
@@ -80,7 +93,9 @@ impl Kernel {
     }
 }
 
-/// Reads a kernel from a file or a generator spec, unnormalised.
+/// Reads a kernel from a file or a generator spec, unnormalised but checked
+/// ([`Kernel::checked_sum`]): a bad kernel is refused here, with the file's name, for every
+/// command.
 pub fn load(spec: &str) -> anyhow::Result<Kernel> {
     if let Some(args) = spec.strip_prefix("gaussian:") {
         let sigma: f64 = args
@@ -125,7 +140,8 @@ pub fn load(spec: &str) -> anyhow::Result<Kernel> {
             .map_err(|_| anyhow!("not a text file"))
             .and_then(parse_text),
     };
-    k.with_context(|| format!("kernel '{spec}'"))
+    k.and_then(|k| k.checked_sum().map(|_| k))
+        .with_context(|| format!("kernel '{spec}'"))
 }
 
 /// A 7x7 isotropic Gaussian, as MATLAB's `fspecial('gaussian', 7, sigma)`.
@@ -148,7 +164,7 @@ pub fn gaussian(sigma: f64) -> anyhow::Result<Kernel> {
 /// (counter-clockwise from the x axis), each pixel weighted by the length of segment it holds.
 pub fn motion(length: f64, angle: f64) -> anyhow::Result<Kernel> {
     let n = MODEL_KERNEL_SIZE;
-    if !(length.is_finite() && length > 0.0 && length <= n as f64) || !angle.is_finite() {
+    if !(length.is_finite() && length > 0.0 && length <= n as f64 && angle.is_finite()) {
         bail!(
             "motion:LENGTH,ANGLE needs 0 < LENGTH <= {n} and a finite ANGLE, got {length},{angle}"
         )
@@ -395,6 +411,17 @@ mod tests {
             "the kernel sums to 0; it must sum to more than 0"
         );
         assert!(bad(vec![1.0, -0.5]).starts_with("the kernel holds a negative value (-0.5)"));
+        // Finite values whose sum overflows; tiny (subnormal) ones still normalise exactly.
+        let overflow = "the kernel's values are too large: their sum overflows (inf); scale them \
+                        down (only their ratios matter)";
+        assert_eq!(bad(vec![1e308; 3]), overflow);
+        assert_eq!(bad(vec![f64::MAX / 4.0; 9]), overflow);
+        let tiny = Kernel::new(1, 4, vec![5e-324, 0.0, 1e-323, 5e-324]).unwrap();
+        assert_eq!(tiny.normalised().unwrap().data, [0.25, 0.0, 0.5, 0.25]);
+        assert!(parse_text("1e308 1e308 1e308")
+            .unwrap()
+            .checked_sum()
+            .is_err());
         let e = Kernel::new(8, 8, vec![1.0; 64])
             .unwrap()
             .for_model()

@@ -131,7 +131,9 @@ impl WeightsLocator {
     }
 
     /// Converts `pth` (through the cache when it can be written) and loads it. It must be the
-    /// released checkpoint (its sha256 is checked); other weights are taken as `.safetensors`.
+    /// released checkpoint: its sha256 is compared with the pinned one before it is parsed, so
+    /// a tampered file never reaches the pickle reader. Other weights are taken as
+    /// `.safetensors`.
     pub fn load_pth(
         &self,
         kind: ModelKind,
@@ -140,26 +142,14 @@ impl WeightsLocator {
         dev: &Device,
     ) -> anyhow::Result<Model> {
         let sha = converse_convert::sha256_file(pth)?;
-        let cached = self
-            .cache
-            .as_ref()
-            .map(|c| c.join(format!("{}-{}.safetensors", kind.id(), &sha[..16])));
-        if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
-            return Model::load(kind, c, dtype, dev);
-        }
-        let (info, bytes) = converse_convert::convert_to_bytes(
-            pth,
-            &ModelKind::specs()?,
-            converse_convert::Limits::from_env()?,
-        )?;
-        if info.model != kind.id() {
-            bail!(
-                "'{}' holds {} weights, not {kind}",
-                pth.display(),
-                info.model
-            )
-        }
         if sha != kind.sha256() {
+            if let Some(other) = ModelKind::ALL.into_iter().find(|k| k.sha256() == sha) {
+                bail!(
+                    "'{}' holds {other} weights, not {kind} (it is the released {}.pth)",
+                    pth.display(),
+                    other.id()
+                )
+            }
             bail!(
                 "'{}' is not the released checkpoint (sha256 {sha}, the release's is {}): it may \
                  be corrupt. To use other {kind} weights, convert them to '{}.safetensors' beside \
@@ -169,6 +159,18 @@ impl WeightsLocator {
                 kind.id()
             )
         }
+        let cached = self
+            .cache
+            .as_ref()
+            .map(|c| c.join(format!("{}-{}.safetensors", kind.id(), &sha[..16])));
+        if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
+            return Model::load(kind, c, dtype, dev);
+        }
+        let (_, bytes) = converse_convert::convert_to_bytes(
+            pth,
+            &ModelKind::specs()?,
+            converse_convert::Limits::from_env()?,
+        )?;
         if let Some(c) = &cached {
             // A cache that cannot be written only costs a conversion next time; one that another
             // process wrote meanwhile holds the same bytes.

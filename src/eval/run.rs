@@ -97,7 +97,9 @@ pub fn evaluate(
             .with_context(|| format!("cannot degrade '{}'", path.display()))?;
         let start = Instant::now();
         let x = to_tensor(&d.input, &spec.device)?;
-        let y = model.forward(&x, spec.model_kernel.as_ref())?;
+        let y = model
+            .forward(&x, spec.model_kernel.as_ref())
+            .with_context(|| format!("cannot restore '{}'", path.display()))?;
         let out = from_tensor(&y)?;
         let seconds = start.elapsed().as_secs_f64();
         images.push(score(&name, &out, &d.clean, deg.border(), seconds));

@@ -351,7 +351,8 @@ impl Model {
     }
 
     /// Runs the model on `x` `(N, C, H, W)`; `kernel` `(N|1, 1, 7, 7)` is required by
-    /// Converse-USRNet and refused by the others.
+    /// Converse-USRNet and refused by the others. An output that is not finite everywhere is
+    /// an error ([`check_finite`]): every command's model runs pass here.
     pub fn forward(&self, x: &Tensor, kernel: Option<&Tensor>) -> anyhow::Result<Tensor> {
         let y = match (self, kernel) {
             (Self::USRNet(m), Some(k)) => m.forward(x, k)?,
@@ -365,6 +366,22 @@ impl Model {
         for layer in self.converse_layers() {
             layer.keep_transfer_functions(true);
         }
+        check_finite(&y)?;
         Ok(y)
     }
+}
+
+/// Refuses a model output holding NaN or infinity: written out, it would be an image of
+/// clamped garbage (black where NaN). The values are counted on the host.
+pub fn check_finite(y: &Tensor) -> anyhow::Result<()> {
+    let v = y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let bad = v.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        bail!(
+            "the model's output is not finite ({bad} of {} values are NaN or infinite): the \
+             weights may be corrupt",
+            v.len()
+        )
+    }
+    Ok(())
 }
