@@ -4,6 +4,8 @@ mod cli;
 mod commands;
 mod exit_codes;
 
+use std::io::Write;
+
 use cli::Command;
 use exit_codes::ExitCode;
 
@@ -20,7 +22,8 @@ fn main() -> std::process::ExitCode {
     match exit_codes::catch_panic(run) {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("error: {}", exit_codes::message(&e));
+            // Not eprintln!: a closed stderr must not panic here.
+            let _ = writeln!(std::io::stderr(), "error: {}", exit_codes::message(&e));
             if e.is::<exit_codes::Panicked>() {
                 ExitCode::SomeFailed.into()
             } else {

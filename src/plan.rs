@@ -241,10 +241,24 @@ pub fn inside(path: &Path, tree: &Path) -> bool {
 pub fn check_writable<'a>(outputs: impl IntoIterator<Item = &'a Path>) -> anyhow::Result<()> {
     let mut seen = std::collections::HashSet::new();
     for out in outputs {
-        let dir = nearest_existing(out.parent().unwrap_or(Path::new("")));
-        if seen.insert(dir.clone()) {
-            writable(&dir).with_context(|| format!("cannot write in '{}'", dir.display()))?;
+        let parent = out.parent().unwrap_or(Path::new(""));
+        if !seen.insert(parent.to_owned()) {
+            continue;
         }
+        // A file where a folder of the path should be.
+        let in_the_way = parent
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+        if let Some(file) = in_the_way {
+            bail!(
+                "cannot write '{}': '{}' is a file, not a folder",
+                out.display(),
+                file.display()
+            )
+        }
+        let dir = nearest_existing(parent);
+        writable(&dir).with_context(|| format!("cannot write in '{}'", dir.display()))?;
     }
     Ok(())
 }
@@ -252,6 +266,13 @@ pub fn check_writable<'a>(outputs: impl IntoIterator<Item = &'a Path>) -> anyhow
 /// The checks an output passes before its input is computed: a file name its folder's
 /// filesystem takes, and an image its encoder takes (`size`: width and height written).
 pub fn check_output(output: &Path, format: Format, size: (usize, usize)) -> anyhow::Result<()> {
+    check_name(output)?;
+    image_io::check_encoder_limits(format, size.0, size.1)
+        .with_context(|| format!("cannot write '{}'", output.display()))
+}
+
+/// Refuses an output whose file name is longer than its folder's filesystem takes.
+pub fn check_name(output: &Path) -> anyhow::Result<()> {
     let name = output.file_name().unwrap_or_default();
     let dir = nearest_existing(output.parent().unwrap_or(Path::new("")));
     let max = name_max(&dir);
@@ -262,8 +283,7 @@ pub fn check_output(output: &Path, format: Format, size: (usize, usize)) -> anyh
             name.len()
         )
     }
-    image_io::check_encoder_limits(format, size.0, size.1)
-        .with_context(|| format!("cannot write '{}'", output.display()))
+    Ok(())
 }
 
 /// The folder itself if it exists, else its nearest existing ancestor (`.` for a bare name).
@@ -337,16 +357,30 @@ struct Identities {
 }
 
 impl Identities {
+    /// Each component is folded when the folder it is in is case-insensitive (a missing folder
+    /// is taken to be like its nearest existing ancestor).
     fn name(&mut self, path: &Path) -> PathBuf {
-        let (full, folder) = resolve(path);
-        let folded = *self
-            .insensitive
-            .entry(folder.clone())
-            .or_insert_with(|| case_insensitive(&folder));
-        match full.strip_prefix(&folder) {
-            Ok(rest) if folded => folder.join(rest.to_string_lossy().to_lowercase()),
-            _ => full,
+        let (full, _) = resolve(path);
+        let (mut actual, mut key) = (PathBuf::new(), PathBuf::new());
+        let mut folded = false;
+        for part in full.components() {
+            if let Component::Normal(n) = part {
+                if actual.is_dir() {
+                    folded = *self
+                        .insensitive
+                        .entry(actual.clone())
+                        .or_insert_with(|| case_insensitive(&actual));
+                }
+                match folded {
+                    true => key.push(n.to_string_lossy().to_lowercase()),
+                    false => key.push(n),
+                }
+            } else {
+                key.push(part);
+            }
+            actual.push(part);
         }
+        key
     }
 }
 
@@ -369,9 +403,11 @@ pub fn case_insensitive(dir: &Path) -> bool {
             break;
         }
     }
+    // Named as the write helper's temporary files, so that a sweep removes one a killed run left.
     let Ok(probe) = tempfile::Builder::new()
-        .prefix(".converse-case-probe-")
-        .rand_bytes(8)
+        .prefix(".case-probe.converse-")
+        .suffix(".tmp")
+        .rand_bytes(12)
         .tempfile_in(dir)
     else {
         return false;

@@ -88,8 +88,8 @@ impl Verifier {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        let bytes = crate::files::read_regular(path, crate::models::MAX_SAFETENSORS_BYTES)
+            .with_context(|| format!("cannot read '{}'", path.display()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| anyhow!("'{}' is not a safetensors file: {e}", path.display()))?;
         let meta = header.metadata().clone().unwrap_or_default();

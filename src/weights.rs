@@ -174,6 +174,7 @@ impl WeightsLocator {
         if let Some(c) = &cached {
             // A cache that cannot be written only costs a conversion next time; one that another
             // process wrote meanwhile holds the same bytes.
+            crate::files::sweep_folders([c.as_path()]);
             let _ = crate::files::write_bytes(c, crate::files::Existing::Keep, &bytes);
         }
         Model::load_bytes(kind, &bytes, dtype, dev)

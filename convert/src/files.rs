@@ -25,6 +25,30 @@ pub enum Existing {
     Replace,
 }
 
+/// The error [`write_with`] with [`Existing::Keep`] returns when the destination appeared while
+/// the file was written (wrapped in an [`io::ErrorKind::AlreadyExists`] error): another writer
+/// got there first. Other `AlreadyExists` errors (a folder that is a file) are not this.
+#[derive(Debug)]
+pub struct DestinationExists;
+
+impl std::fmt::Display for DestinationExists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the destination exists: another run wrote it meanwhile")
+    }
+}
+
+impl std::error::Error for DestinationExists {}
+
+/// Whether `e` is [`DestinationExists`].
+pub fn is_destination_exists(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<DestinationExists>())
+}
+
+fn destination_exists() -> io::Error {
+    io::Error::new(io::ErrorKind::AlreadyExists, DestinationExists)
+}
+
 /// The marker every temporary name carries: `.HINT.converse-RANDOM.tmp`.
 const MARK: &str = ".converse-";
 const SUFFIX: &str = ".tmp";
@@ -187,18 +211,34 @@ fn locked_temp(dir: &Path, name: &str) -> io::Result<tempfile::NamedTempFile> {
         cut -= 1;
     }
     let prefix = format!(".{}{MARK}", &name[..cut]);
-    loop {
+    for _ in 0..8 {
         let tmp = tempfile::Builder::new()
             .prefix(&prefix)
             .suffix(SUFFIX)
             .rand_bytes(RANDOM)
             .permissions(mode_for_new_files())
             .tempfile_in(dir)?;
-        lock(tmp.as_file(), true)?;
-        if links(tmp.as_file())? > 0 {
+        match lock(tmp.as_file(), true) {
+            Ok(()) => {}
+            // No locks on this filesystem (NFS without lockd): no sweep can lock the file either,
+            // so none removes it.
+            Err(e) if no_locks(&e) => return Ok(tmp),
+            Err(e) => return Err(e),
+        }
+        let still_named = match (
+            std::fs::symlink_metadata(tmp.path()),
+            tmp.as_file().metadata(),
+        ) {
+            (Ok(a), Ok(b)) => same_inode(&a, &b),
+            _ => false,
+        };
+        if still_named {
             return Ok(tmp);
         }
     }
+    Err(io::Error::other(
+        "temporary files in this folder keep vanishing (is another process removing them?)",
+    ))
 }
 
 /// Renames `tmp` to `dest` unless `dest` exists. Where the filesystem has neither
@@ -207,14 +247,26 @@ fn locked_temp(dir: &Path, name: &str) -> io::Result<tempfile::NamedTempFile> {
 fn persist_noclobber(tmp: tempfile::NamedTempFile, dest: &Path) -> io::Result<()> {
     match tmp.persist_noclobber(dest) {
         Ok(_) => Ok(()),
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Err(e.error),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Err(destination_exists()),
         Err(e) if unsupported(&e.error) => {
             if std::fs::symlink_metadata(dest).is_ok() {
-                return Err(io::ErrorKind::AlreadyExists.into());
+                return Err(destination_exists());
             }
             e.file.persist(dest).map(drop).map_err(|e| e.error)
         }
         Err(e) => Err(e.error),
+    }
+}
+
+/// Errors by which a filesystem says it has no file locks.
+fn no_locks(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::ENOTSUP))
+    }
+    #[cfg(not(unix))]
+    {
+        e.kind() == io::ErrorKind::Unsupported
     }
 }
 
@@ -271,8 +323,10 @@ fn remove_if_unlocked(path: &Path) -> bool {
 #[cfg(unix)]
 fn open_no_follow(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    // Open for writing: NFS turns flock into byte-range locks, and an exclusive one needs it.
     std::fs::OpenOptions::new()
         .read(true)
+        .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
 }
@@ -306,17 +360,6 @@ fn lock(f: &File, wait: bool) -> io::Result<()> {
 #[cfg(not(unix))]
 fn lock(_: &File, _: bool) -> io::Result<()> {
     Ok(())
-}
-
-#[cfg(unix)]
-fn links(f: &File) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(f.metadata()?.nlink())
-}
-
-#[cfg(not(unix))]
-fn links(_: &File) -> io::Result<u64> {
-    Ok(1)
 }
 
 #[cfg(unix)]
@@ -377,7 +420,10 @@ mod tests {
         assert_eq!(names(&dir.path().join("sub")), ["a.png"]);
         // Keep never replaces; Replace does.
         let e = write_bytes(&dest, Existing::Keep, b"two").unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(is_destination_exists(&e), "{e}");
+        // A folder in the way that is a file is another error.
+        let e = write_bytes(&dest.join("c.png"), Existing::Keep, b"x").unwrap_err();
+        assert!(!is_destination_exists(&e), "{e}");
         assert_eq!(std::fs::read(&dest).unwrap(), b"one");
         write_bytes(&dest, Existing::Replace, b"two").unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"two");
@@ -503,7 +549,7 @@ mod tests {
         assert_eq!(won.len(), 1, "{results:?}");
         for r in &results {
             if let Err(e) = r {
-                assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+                assert!(is_destination_exists(e), "{e}");
             }
         }
         assert_eq!(std::fs::read(&dest).unwrap(), vec![won[0] as u8; 100_000]);

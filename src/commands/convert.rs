@@ -58,6 +58,7 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {note}");
     }
     plan::check_writable(plan.pairs.iter().map(|p| p.output.as_path()))?;
+    files::sweep_folders(plan.pairs.iter().map(|p| p.output.as_path()));
     let existing = if a.overwrite {
         Existing::Replace
     } else {

@@ -50,6 +50,7 @@ pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {note}");
     }
     plan::check_writable(plan.pairs.iter().map(|p| p.output.as_path()))?;
+    files::sweep_folders(plan.pairs.iter().map(|p| p.output.as_path()));
     let existing = if a.overwrite {
         Existing::Replace
     } else {
@@ -67,6 +68,7 @@ pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let result = catch_panic(|| {
+            plan::check_name(output)?;
             let img = read_u8(input, deg.channels())?;
             let d = deg.apply(&img, a.seed)?;
             let format = Format::from_path(output).unwrap_or(Format::Png);

@@ -18,6 +18,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .map(|f| a.output.join(f))
         .collect();
     converse::plan::check_writable(panels.iter().map(|p| p.as_path()))?;
+    converse::files::sweep_folders(panels.iter().map(|p| p.as_path()));
     let existing = if a.overwrite {
         Existing::Replace
     } else {
@@ -28,7 +29,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "{:<14} {:>12} {:>12}  panel (degraded | restored | clean)",
         "task", "PSNR before", "PSNR after"
     );
-    converse::demo::run(&a.model.locator(), &device, &a.output, existing, |r| {
+    // The panels are computed now: a failure from here on is the run's (1), not a set-up error.
+    let ran = converse::demo::run(&a.model.locator(), &device, &a.output, existing, |r| {
         println!(
             "{:<14} {:>9.2} dB {:>9.2} dB  {}",
             r.name,
@@ -36,6 +38,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             r.psnr_after,
             r.file.display()
         );
-    })?;
+    });
+    if let Err(e) = ran {
+        eprintln!("error: {}", crate::exit_codes::message(&e));
+        return Ok(ExitCode::SomeFailed);
+    }
     Ok(ExitCode::Success)
 }

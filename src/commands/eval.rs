@@ -86,8 +86,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         } else {
             serde_json::to_string_pretty(&runs)?
         };
-        converse::files::write_bytes(path, existing, json.as_bytes())
-            .with_context(|| format!("cannot write '{}'", path.display()))?;
+        let written = converse::files::write_bytes(path, existing, json.as_bytes())
+            .with_context(|| format!("cannot write '{}'", path.display()));
+        if let Err(e) = written {
+            eprintln!("error: {}", crate::exit_codes::message(&e));
+            return Ok(ExitCode::SomeFailed);
+        }
     }
     Ok(ExitCode::Success)
 }
@@ -132,13 +136,19 @@ fn check_outputs(a: &EvalArgs, kernels: &[String], images: &[PathBuf]) -> anyhow
             output: json.clone(),
         });
     }
-    let kernel_files: Vec<PathBuf> = kernels
+    // Every kernel is read now, so that a bad one stops the run before any work.
+    for k in kernels {
+        converse::kernel::load(k)?;
+    }
+    let mut read: Vec<PathBuf> = kernels
         .iter()
         .map(PathBuf::from)
         .filter(|k| k.is_file())
         .collect();
-    plan::check_pairs(&pairs, &kernel_files)?;
+    read.extend(images.iter().cloned());
+    plan::check_pairs(&pairs, &read)?;
     plan::check_writable(pairs.iter().map(|p| p.output.as_path()))?;
+    converse::files::sweep_folders(pairs.iter().map(|p| p.output.as_path()));
     if a.overwrite {
         return Ok(Existing::Replace);
     }

@@ -213,7 +213,7 @@ fn model_weights(locator: &WeightsLocator, kind: ModelKind) -> ModelWeights {
 
 /// The sha256 of the `.pth` a converted file was made from, as its metadata records it.
 fn source_sha256(path: &Path) -> anyhow::Result<Option<String>> {
-    let bytes = std::fs::read(path)
+    let bytes = converse::files::read_regular(path, converse::models::MAX_SAFETENSORS_BYTES)
         .map_err(|e| anyhow::anyhow!("cannot read '{}': {e}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("'{}' is not a safetensors file: {e}", path.display()))?;

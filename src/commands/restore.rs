@@ -1,6 +1,5 @@
 //! `converse restore`: files and folders through a model, nothing lost on the way.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -93,10 +92,7 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let model = a.model.locator().load(kind, DType::F32, &device)?;
     let restorer = Restorer::new(model, a.task, kernel.as_ref(), device, options)?;
     // A run killed midway (SIGKILL, Ctrl-C) leaves its temporary file: remove those.
-    let out_dirs: BTreeSet<&Path> = jobs.iter().filter_map(|j| j.output.parent()).collect();
-    for dir in out_dirs {
-        files::sweep(dir);
-    }
+    files::sweep_folders(jobs.iter().map(|j| j.output.as_path()));
     let bars = RestoreBars::new(jobs.len() as u64, a.quiet);
     let (mut done, mut skipped, mut failed) = (0, 0, vec![]);
     for job in &jobs {
