@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use converse::device::DeviceSpec;
 use converse::image_io::{self, Format};
 use converse::restore::Task;
+use converse::shard::ShardSpec;
 
 /// Image restoration with the released ConverseNet models (ICCV 2025): denoising, x4
 /// super-resolution and deblurring.
@@ -100,7 +101,8 @@ pub struct RestoreArgs {
     /// input, measured per model; with --tile, at most a quarter of the tile).
     #[arg(long, value_name = "PX")]
     pub tile_overlap: Option<usize>,
-    /// Memory budget for a model run, e.g. 8G or 512M (default: half the available memory).
+    /// Memory budget for a model run, e.g. 8G or 512M (default: 9/10 of what the job's cgroup
+    /// limit leaves, or half the available memory when that is less; --dry-run says which).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
     /// Refuse images with more pixels than this (decompression bombs).
@@ -113,6 +115,16 @@ pub struct RestoreArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Restore only shard K of N (0 to N-1) of the images, balanced by estimated work. `auto`: a
+    /// Slurm job array's task (SLURM_ARRAY_TASK_ID less _MIN, of _COUNT); `auto/N`: the
+    /// scheduler's index as is (SLURM_ARRAY_TASK_ID, or JOB_COMPLETION_INDEX of a Kubernetes
+    /// Indexed Job) of N.
+    #[arg(long, value_name = "K/N|auto|auto/N", value_parser = converse::shard::parse)]
+    pub shard: Option<ShardSpec>,
+    /// Append one JSON line per image to FILE as it finishes: input, output, status (restored,
+    /// skipped or failed), error, seconds, shard.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }

@@ -32,7 +32,10 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod progress;
+pub mod report;
+pub mod resources;
 pub mod restore;
+pub mod shard;
 pub mod verify;
 pub mod weights;
 

@@ -28,6 +28,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
+    // Threads follow the CPUs the job may use (affinity, cgroup quota, SLURM_CPUS_PER_TASK).
+    converse::resources::configure_threads();
     match Cli::parse().command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Restore(a) => commands::restore::run(a),
