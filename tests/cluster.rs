@@ -57,7 +57,7 @@ const SIZES: [(u32, u32); 20] = [
 
 /// Whether image `i` of [`mixed_folder`] is in colour.
 fn colour(i: usize) -> bool {
-    i % 3 != 0
+    !i.is_multiple_of(3)
 }
 
 /// 20 images of mixed sizes ([`SIZES`]), gray and colour.
