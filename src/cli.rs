@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use converse::device::DeviceSpec;
 use converse::image_io::{self, Format};
 use converse::restore::Task;
+use converse::shard::ShardSpec;
 
 /// Restore images with the released ConverseNet models: denoise, x4 SR, deblur.
 #[derive(Parser)]
@@ -154,7 +155,7 @@ pub struct RestoreArgs {
     /// Overlap between tiles in pixels (default: per model).
     #[arg(long, value_name = "PX")]
     pub tile_overlap: Option<usize>,
-    /// Memory budget, e.g. 8G (default: half of free RAM).
+    /// Memory budget, e.g. 8G (default: from the job's cgroup or free RAM).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
     /// Refuse larger images.
@@ -166,6 +167,12 @@ pub struct RestoreArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only shard K of N (0-based); auto: from Slurm or Kubernetes.
+    #[arg(long, value_name = "K/N", value_parser = converse::shard::parse)]
+    pub shard: Option<ShardSpec>,
+    /// Append a JSON line per image (status, seconds) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }

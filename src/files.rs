@@ -2,8 +2,8 @@
 //! reading only regular files.
 
 pub use converse_convert::files::{
-    is_destination_exists, is_temp_name, open_regular, read_regular, sweep, temp_files,
-    write_bytes, write_with, DestinationExists, Existing,
+    append, is_destination_exists, is_temp_name, open_append, open_regular, read_regular, sweep,
+    temp_files, write_bytes, write_with, DestinationExists, Existing,
 };
 
 /// Whether `e` (or an error it wraps) is [`DestinationExists`]: what [`write_with`] with

@@ -33,7 +33,10 @@ pub mod nn;
 pub mod ops;
 pub mod plan;
 pub mod progress;
+pub mod report;
+pub mod resources;
 pub mod restore;
+pub mod shard;
 pub mod verify;
 pub mod weights;
 

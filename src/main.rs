@@ -34,6 +34,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
+    // Threads follow the CPUs the job may use (affinity, cgroup quota, SLURM_CPUS_PER_TASK).
+    converse::resources::configure_threads();
     match cli::parse().command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Restore(a) => commands::restore::run(a),

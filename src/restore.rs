@@ -131,17 +131,10 @@ impl Options {
 /// Smallest side the models run on; smaller images are padded (edge values) and cropped back.
 const MIN_SIDE: usize = 16;
 
-/// Half of the available memory (`MemAvailable`), or 4 GiB if it cannot be read.
+/// The default memory budget: from the job's cgroup limit, else half of the available memory
+/// ([`crate::resources::memory_budget`], which also says where it came from).
 pub fn default_max_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024 / 2)
-        .unwrap_or(4 << 30)
+    crate::resources::memory_budget().0
 }
 
 /// A model ready to restore images.

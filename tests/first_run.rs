@@ -92,7 +92,7 @@ fn info_json_reports_threads_budget_devices_weights_and_cache() {
     assert_eq!(j["features"][1], j["simd"]);
     assert!(simd_levels().contains(&j["simd"].as_str().unwrap()), "{j}");
     assert_eq!(j["threads"]["value"], 3);
-    assert_eq!(j["threads"]["source"], "RAYON_NUM_THREADS");
+    assert_eq!(j["threads"]["source"], "RAYON_NUM_THREADS=3");
     assert!(j["memory_budget"]["value"].as_u64().unwrap() > 0, "{j}");
     assert!(!j["memory_budget"]["source"].as_str().unwrap().is_empty());
     assert_eq!(j["devices"]["found"][0], "cpu");

@@ -5,28 +5,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{converse, stderr, stdout};
+use common::{converse, stderr, stdout, write_image};
 use converse::restore::{Options, Task};
-use image::{ImageBuffer, Luma, Rgb};
-
-/// A deterministic photo-like image: smooth shapes and texture.
-fn write_image(path: &Path, w: u32, h: u32, color: bool) {
-    let v = |x: u32, y: u32, c: u32| {
-        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
-        let t = ((x * 7 + y * 13 + c * 5) % 23) as f32 / 23.0;
-        let v = 0.5 + 0.3 * (6.0 * fx + c as f32).sin() * (4.0 * fy).cos() + 0.1 * t;
-        (v.clamp(0.0, 1.0) * 255.0) as u8
-    };
-    if color {
-        ImageBuffer::from_fn(w, h, |x, y| Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)]))
-            .save(path)
-            .unwrap()
-    } else {
-        ImageBuffer::from_fn(w, h, |x, y| Luma([v(x, y, 0)]))
-            .save(path)
-            .unwrap()
-    }
-}
 
 /// Runs `cmd` to the end; returns its peak resident memory (VmHWM) in bytes.
 #[cfg(target_os = "linux")]

@@ -150,11 +150,11 @@ fn the_readme_starts_with_the_user_and_stays_short() {
     let at: Vec<usize> = order.iter().map(|s| position(s)).collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{order:?} at {at:?}");
     assert!(at[1] < 40, "the two commands start at line {}", at[0] + 1);
-    // Every local link points at a file that exists (docs/cluster.md arrives with its branch).
+    // Every local link points at a file that exists.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for part in README.split("](").skip(1) {
         let target = part.split([')', '#']).next().unwrap();
-        if target.is_empty() || target.starts_with("http") || target == "docs/cluster.md" {
+        if target.is_empty() || target.starts_with("http") {
             continue;
         }
         assert!(

@@ -119,6 +119,29 @@ pub fn sweep(dir: &Path) -> usize {
     removed
 }
 
+/// Opens the log `path` for appending, creating it (and its folders) if needed: the one way a
+/// file grows instead of being written whole. Nothing in it is ever replaced.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    std::fs::create_dir_all(parent(path))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+}
+
+/// Appends `bytes` to a file from [`open_append`] in one `write` (so appends from several
+/// processes never interleave within a record), then flushes it to disk.
+pub fn append(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let n = io::Write::write(file, bytes)?;
+    if n != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("a short write ({n} of {} bytes)", bytes.len()),
+        ));
+    }
+    file.sync_data()
+}
+
 /// Opens `path` for reading if it is a regular file (links followed). A folder, device, FIFO or
 /// socket is refused with an [`io::ErrorKind::InvalidInput`] error that says what it is, before
 /// anything is read from it (a FIFO is opened without waiting for a writer).

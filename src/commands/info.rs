@@ -39,18 +39,13 @@ pub struct Resources {
 
 /// This process's default resources: rayon's thread count and the default `--max-memory`.
 pub fn resources() -> Resources {
-    let from_env = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0);
+    let (threads, threads_source) = converse::resources::threads();
+    let (memory_budget, memory_budget_source) = converse::resources::memory_budget();
     Resources {
-        threads: rayon::current_num_threads(),
-        threads_source: match from_env {
-            Some(_) => "RAYON_NUM_THREADS".into(),
-            None => "default: the CPUs this process may run on".into(),
-        },
-        memory_budget: converse::restore::default_max_memory(),
-        memory_budget_source: "host: half of MemAvailable in /proc/meminfo".into(),
+        threads,
+        threads_source,
+        memory_budget,
+        memory_budget_source,
     }
 }
 

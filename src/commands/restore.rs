@@ -12,7 +12,9 @@ use converse::image_io::{self, Format};
 use converse::memory::human;
 use converse::plan::{self, Pair};
 use converse::progress::{self, RestoreBars};
+use converse::report::{Report, Status};
 use converse::restore::{Options, Restorer, Task};
+use converse::shard::{Selection, Shard};
 use converse::ModelKind;
 
 /// How one image ended.
@@ -63,6 +65,15 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {note}");
     }
     let jobs = plan.pairs;
+    // The report grows, but never over an input.
+    if let Some(r) = &a.report {
+        let inputs: Vec<_> = jobs.iter().map(|j| j.input.clone()).collect();
+        let pair = Pair {
+            input: a.input.clone(),
+            output: r.clone(),
+        };
+        plan::check_pairs(&[pair], &inputs)?;
+    }
     if jobs.len() == 1
         && !a.input.is_dir()
         && a.format.is_none()
@@ -74,20 +85,66 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             a.output.display()
         )
     }
+    let (max_memory, budget_source) = match a.max_memory {
+        Some(b) => (b, "--max-memory".to_owned()),
+        None => converse::resources::memory_budget(),
+    };
     let options = Options {
         gray: a.gray,
         x8: a.x8,
         tile: a.tile,
         tile_overlap: a.tile_overlap,
-        max_memory: a
-            .max_memory
-            .unwrap_or_else(converse::restore::default_max_memory),
+        max_memory,
     };
     let kind = a.task.model(kernel.is_some());
+    // --shard: the split is over every image, done or not, so every task (and every rerun)
+    // maps each image to the same shard.
+    let shard = a.shard.map(|s| s.resolve()).transpose()?;
+    let (jobs, shard_note) = match shard {
+        Some((s, source)) => {
+            let sel = shard_jobs(jobs, s, kind, &a);
+            let note = format!(
+                "shard {s} ({source}): {} of {} images, {:.1}% of the estimated work",
+                sel.items.len(),
+                sel.total_items,
+                sel.percent()
+            );
+            (sel.items, Some((s, note)))
+        }
+        None => (jobs, None),
+    };
     if a.dry_run {
+        let threads = converse::resources::threads();
+        eprintln!("memory budget: {}, {budget_source}", human(max_memory));
+        eprintln!("threads: {}, {}", threads.0, threads.1);
+        if let Some((_, note)) = &shard_note {
+            eprintln!("{note}");
+        }
         return dry_run(&jobs, kind, &options, &a);
     }
     plan::check_writable(jobs.iter().map(|j| j.output.as_path()))?;
+    if let Some((_, note)) = &shard_note {
+        if !a.quiet {
+            eprintln!("{note}");
+        }
+    }
+    let report = a
+        .report
+        .as_deref()
+        .map(|p| Report::open(p, shard_note.as_ref().map(|(s, _)| *s)))
+        .transpose()?;
+    let mut report_failed = false;
+    let mut record = |job: &Pair, status, error: Option<&str>, seconds| {
+        if let Some(r) = &report {
+            if let Err(e) = r.record(&job.input, &job.output, status, error, seconds) {
+                eprintln!("error: {}", crate::exit_codes::message(&e));
+                report_failed = true;
+            }
+        }
+    };
+    if jobs.is_empty() {
+        return Ok(ExitCode::Success);
+    }
     let device = a.model.device()?;
     let model = a.model.locator().load(kind, DType::F32, &device)?;
     let restorer = Restorer::new(model, a.task, kernel.as_ref(), device, options)?;
@@ -105,12 +162,18 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
                 )
             });
             skipped += 1;
+            record(job, Status::Skipped, None, 0.0);
             bars.done();
             continue;
         }
+        let start = std::time::Instant::now();
         match catch_panic(|| restore_one(&restorer, job, &a, &bars)) {
-            Ok(Outcome::Restored) => done += 1,
+            Ok(Outcome::Restored) => {
+                done += 1;
+                record(job, Status::Restored, None, start.elapsed().as_secs_f64());
+            }
             Ok(Outcome::WrittenMeanwhile) => {
+                record(job, Status::Skipped, None, start.elapsed().as_secs_f64());
                 bars.suspend(|| {
                     eprintln!(
                         "note: skipping '{}': '{}' was written meanwhile by another run",
@@ -121,8 +184,10 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
                 skipped += 1;
             }
             Err(e) => {
-                bars.suspend(|| eprintln!("error: {}", crate::exit_codes::message(&e)));
-                failed.push((job.input.clone(), crate::exit_codes::message(&e)));
+                let e = crate::exit_codes::message(&e);
+                bars.suspend(|| eprintln!("error: {e}"));
+                record(job, Status::Failed, Some(&e), start.elapsed().as_secs_f64());
+                failed.push((job.input.clone(), e));
             }
         }
         bars.done();
@@ -141,10 +206,27 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::from_failures(failed.len()))
+    Ok(ExitCode::from_failures(
+        failed.len() + report_failed as usize,
+    ))
 }
 
-/// `--dry-run`: one line per input, from the image headers only, with what would fail.
+/// The jobs of `shard`, split over all `jobs` by the work their headers estimate (an unreadable
+/// header counts as the least work; the image fails in its shard).
+fn shard_jobs(jobs: Vec<Pair>, shard: Shard, kind: ModelKind, a: &RestoreArgs) -> Selection<Pair> {
+    let work: Vec<u64> = jobs
+        .iter()
+        .map(|j| {
+            image_io::probe(&j.input, a.max_pixels).map_or(1, |(w, h, c)| {
+                converse::shard::work(kind, (h, w, c), a.gray, a.x8)
+            })
+        })
+        .collect();
+    converse::shard::select(jobs, &work, shard)
+}
+
+/// `--dry-run`: one line per input, from the image headers only, with what would fail; then (on
+/// stderr) the images whose outputs are missing: the work that remains.
 fn dry_run(
     jobs: &[Pair],
     kind: ModelKind,
@@ -190,6 +272,16 @@ fn dry_run(
                 );
             }
         }
+    }
+    // The work that remains: the images whose outputs are missing.
+    let remaining: Vec<&Pair> = jobs.iter().filter(|j| !j.output.exists()).collect();
+    eprintln!(
+        "remaining: {} of {} images have no output",
+        remaining.len(),
+        jobs.len()
+    );
+    for job in remaining {
+        eprintln!("  '{}'", job.input.display());
     }
     Ok(ExitCode::from_failures(failed))
 }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use image::{ImageBuffer, Luma, Rgb};
+
 /// The shared data folder, or `None` (with a printed reason) when it is missing outside CI.
 /// Under CI (`$CI` set) missing data is a failure.
 pub fn shared() -> Option<PathBuf> {
@@ -53,4 +55,23 @@ pub fn listing(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A deterministic photo-like image: smooth shapes and texture.
+pub fn write_image(path: &Path, w: u32, h: u32, color: bool) {
+    let v = |x: u32, y: u32, c: u32| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let t = ((x * 7 + y * 13 + c * 5) % 23) as f32 / 23.0;
+        let v = 0.5 + 0.3 * (6.0 * fx + c as f32).sin() * (4.0 * fy).cos() + 0.1 * t;
+        (v.clamp(0.0, 1.0) * 255.0) as u8
+    };
+    if color {
+        ImageBuffer::from_fn(w, h, |x, y| Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)]))
+            .save(path)
+            .unwrap()
+    } else {
+        ImageBuffer::from_fn(w, h, |x, y| Luma([v(x, y, 0)]))
+            .save(path)
+            .unwrap()
+    }
 }
