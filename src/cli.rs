@@ -155,7 +155,7 @@ pub struct RestoreArgs {
     /// Overlap between tiles in pixels (default: per model).
     #[arg(long, value_name = "PX")]
     pub tile_overlap: Option<usize>,
-    /// Memory budget, e.g. 8G (default: from the job's cgroup or free RAM).
+    /// Memory budget, e.g. 8G (default: from the job).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
     /// Refuse larger images.

@@ -132,11 +132,12 @@ mod tests {
                 r#"{"input":"c","output":"d","status":"skipped","error":null,"seconds":0.0,"shard":null}"#,
             ]
         );
-        let e = Report::open(&tmp.path().join("no/such/r.jsonl"), None).unwrap_err();
+        std::fs::write(tmp.path().join("a-file"), b"x").unwrap();
+        let e = Report::open(&tmp.path().join("a-file/r.jsonl"), None).unwrap_err();
         assert!(
             format!("{e:#}").starts_with(&format!(
                 "cannot open the report '{}': ",
-                tmp.path().join("no/such/r.jsonl").display()
+                tmp.path().join("a-file/r.jsonl").display()
             )),
             "{e:#}"
         );

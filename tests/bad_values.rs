@@ -325,7 +325,8 @@ fn a_non_finite_output_is_an_error_for_its_image() {
         .output()
         .unwrap();
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    // The images were being computed: a failure of the run (1), not a set-up error.
+    assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!(
             "cannot restore '{}': the model's output is not finite",

@@ -415,7 +415,9 @@ fn the_report_has_a_line_per_image() {
         .map(|l| l["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["skipped", "skipped", "failed"]);
-    // A report that cannot be opened is a usage error before any work.
+    // A report that cannot be opened (a file where its folder should be) is a usage error before
+    // any work.
+    std::fs::write(tmp.path().join("a-file"), b"x").unwrap();
     let o = bin(tmp.path())
         .args(["restore", "--task", "denoise", "--weights"])
         .arg(shared.join("weights"))
@@ -424,14 +426,14 @@ fn the_report_has_a_line_per_image() {
         .arg("-o")
         .arg(tmp.path().join("out2"))
         .arg("--report")
-        .arg(tmp.path().join("no/such/r.jsonl"))
+        .arg(tmp.path().join("a-file/r.jsonl"))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).starts_with(&format!(
             "error: cannot open the report '{}': ",
-            tmp.path().join("no/such/r.jsonl").display()
+            tmp.path().join("a-file/r.jsonl").display()
         )),
         "{}",
         stderr(&o)

@@ -111,6 +111,7 @@ fn run(shared: &Path, task: &str, with_kernel: Option<bool>) {
             seed: 0,
             device: Device::Cpu,
             save: None,
+            existing: converse::files::Existing::Keep,
         };
         let ours = evaluate(&model, &spec, |_| {}).unwrap();
         check(r, &ours);

@@ -178,8 +178,7 @@ fn info_text_says_where_it_looked_and_what_it_found() {
     );
     assert!(lines[1].starts_with("build          cpu, "), "{out}");
     assert!(
-        lines[3].starts_with("threads        ")
-            && lines[3].ends_with(" (default: the CPUs this process may run on)"),
+        lines[3].starts_with("threads        ") && lines[3].ends_with(')'),
         "{out}"
     );
     assert!(lines[4].starts_with("memory budget  "), "{out}");
