@@ -167,10 +167,10 @@ pub struct RestoreArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Only shard K of N (0-based); auto: from Slurm or Kubernetes.
+    /// Only shard K of N, or auto (Slurm, Kubernetes).
     #[arg(long, value_name = "K/N", value_parser = converse::shard::parse)]
     pub shard: Option<ShardSpec>,
-    /// Append a JSON line per image (status, seconds) to FILE.
+    /// Append a JSON line per image to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     #[command(flatten)]
