@@ -104,7 +104,7 @@ pub struct DemoArgs {
     /// Folder for the panels.
     #[arg(short, long, default_value = "converse-demo")]
     pub output: PathBuf,
-    /// Replace files in the folder that are not this demo's panels.
+    /// Replace files that are not this demo's panels.
     #[arg(long)]
     pub overwrite: bool,
     #[command(flatten)]
@@ -221,7 +221,7 @@ pub struct EvalArgs {
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Keep the restored images in this folder (outside the dataset).
+    /// Keep the restored images here (outside the dataset).
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
     /// Replace existing files of --save and --json.
@@ -242,7 +242,7 @@ pub struct DegradeArgs {
     /// An image or a folder of images.
     #[arg(short, long, value_name = "IN")]
     pub input: PathBuf,
-    /// The degraded image (format from its extension), or a folder (of PNGs).
+    /// The degraded image (by extension), or a folder of PNGs.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
     /// Replace existing outputs (by default they are skipped).
