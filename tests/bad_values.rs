@@ -111,7 +111,7 @@ fn pickle_bombs_are_refused_with_bounded_memory() {
         cmd.args(["convert", s(&pth), "-o", s(&out.join("b.safetensors"))]);
         let o = limited(&cmd);
         let expect = format!(
-            "error: '{}' is not a PyTorch checkpoint: reading its pickle would take more than 328 \
+            "error: '{}' is not a PyTorch checkpoint: reading its pickle would take more than 313 \
              MiB (a pickle bomb?); raise the limit with $CONVERSE_MAX_CHECKPOINT_TENSORS\n",
             pth.display()
         );

@@ -83,11 +83,11 @@ pub const ENV_MAX_BYTES: &str = "CONVERSE_MAX_CHECKPOINT_BYTES";
 /// 8.8 KiB per tensor.
 pub const PICKLE_BUDGET_PER_TENSOR: u64 = 32 << 10;
 /// The fixed part of [`Limits::pickle_budget`].
-pub const PICKLE_BUDGET_BASE: u64 = 16 << 20;
+pub const PICKLE_BUDGET_BASE: u64 = 1 << 20;
 
 impl Limits {
     /// What reading the pickles may take, in bytes as the pre-check counts them (every byte
-    /// read, object made and object copied): 16 MiB plus 32 KiB per tensor allowed (328 MiB by
+    /// read, object made and object copied): 1 MiB plus 32 KiB per tensor allowed (313 MiB by
     /// default).
     pub fn pickle_budget(&self) -> u64 {
         (self.max_tensors as u64)
@@ -846,7 +846,7 @@ mod tests {
             let bomb = doubling(base, 48);
             let e = check_pickle(&bomb, &mut 0, budget).unwrap_err();
             assert_eq!(
-                e, "reading its pickle would take more than 328 MiB",
+                e, "reading its pickle would take more than 313 MiB",
                 "{base:?}"
             );
         }

@@ -1,5 +1,6 @@
 //! Kernel files, every format: the first byte picks the parser, as the extension does for
-//! `--kernel`; a parsed kernel goes on to the checks the model's 7x7 frame makes.
+//! `--kernel`; a parsed kernel goes on to the checks the model's 7x7 frame makes, and one that
+//! passes them must be normalised into 0..=1.
 #![no_main]
 
 use converse::kernel;
@@ -17,6 +18,13 @@ fuzz_target!(|data: &[u8]| {
         _ => kernel::parse_image(bytes),
     };
     if let Ok(k) = k {
-        let _ = k.flipped().for_model();
+        // A kernel the model takes is finite, every value in 0..=1 (its sum is checked).
+        if let Ok(m) = k.flipped().for_model() {
+            assert!(
+                m.data.iter().all(|v| (0.0..=1.0).contains(v)),
+                "{:?}",
+                m.data
+            );
+        }
     }
 });
