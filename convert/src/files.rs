@@ -25,6 +25,17 @@ pub enum Existing {
     Replace,
 }
 
+impl Existing {
+    /// [`Existing::Replace`] with `--overwrite`, else [`Existing::Keep`].
+    pub fn with_overwrite(overwrite: bool) -> Self {
+        if overwrite {
+            Self::Replace
+        } else {
+            Self::Keep
+        }
+    }
+}
+
 /// The error [`write_with`] with [`Existing::Keep`] returns when the destination appeared while
 /// the file was written (wrapped in an [`io::ErrorKind::AlreadyExists`] error): another writer
 /// got there first. Other `AlreadyExists` errors (a folder that is a file) are not this.

@@ -54,16 +54,8 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
         extension: Some("safetensors"),
         also_read: &[],
     })?;
-    for note in &plan.notes {
-        eprintln!("note: {note}");
-    }
-    plan::check_writable(plan.pairs.iter().map(|p| p.output.as_path()))?;
-    files::sweep_folders(plan.pairs.iter().map(|p| p.output.as_path()));
-    let existing = if a.overwrite {
-        Existing::Replace
-    } else {
-        Existing::Keep
-    };
+    super::prepare(&plan)?;
+    let existing = Existing::with_overwrite(a.overwrite);
     let (mut converted, mut failed) = (0, 0);
     for pair in &plan.pairs {
         if pair.output.exists() && !a.overwrite {

@@ -1,7 +1,5 @@
 //! `converse degrade`: degraded inputs made as `eval` makes them.
 
-use std::path::PathBuf;
-
 use anyhow::bail;
 
 use super::degradation;
@@ -32,12 +30,7 @@ pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
             a.output.display()
         )
     }
-    let also_read: Vec<PathBuf> = a
-        .kernel
-        .iter()
-        .map(PathBuf::from)
-        .filter(|k| k.is_file())
-        .collect();
+    let also_read = super::kernel_files(&a.kernel);
     let plan = plan::plan(&plan::Request {
         input: &a.input,
         output: &a.output,
@@ -46,16 +39,8 @@ pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
         extension: folder.then_some("png"),
         also_read: &also_read,
     })?;
-    for note in &plan.notes {
-        eprintln!("note: {note}");
-    }
-    plan::check_writable(plan.pairs.iter().map(|p| p.output.as_path()))?;
-    files::sweep_folders(plan.pairs.iter().map(|p| p.output.as_path()));
-    let existing = if a.overwrite {
-        Existing::Replace
-    } else {
-        Existing::Keep
-    };
+    super::prepare(&plan)?;
+    let existing = Existing::with_overwrite(a.overwrite);
     let mut failed = 0;
     for pair in &plan.pairs {
         let (input, output) = (&pair.input, &pair.output);

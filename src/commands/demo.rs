@@ -19,11 +19,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .collect();
     converse::plan::check_writable(panels.iter().map(|p| p.as_path()))?;
     converse::files::sweep_folders(panels.iter().map(|p| p.as_path()));
-    let existing = if a.overwrite {
-        Existing::Replace
-    } else {
-        Existing::Keep
-    };
+    let existing = Existing::with_overwrite(a.overwrite);
     let device = a.model.device()?;
     println!(
         "{:<14} {:>12} {:>12}  panel (degraded | restored | clean)",

@@ -140,11 +140,7 @@ fn check_outputs(a: &EvalArgs, kernels: &[String], images: &[PathBuf]) -> anyhow
     for k in kernels {
         converse::kernel::load(k)?;
     }
-    let mut read: Vec<PathBuf> = kernels
-        .iter()
-        .map(PathBuf::from)
-        .filter(|k| k.is_file())
-        .collect();
+    let mut read = super::kernel_files(kernels);
     read.extend(images.iter().cloned());
     plan::check_pairs(&pairs, &read)?;
     plan::check_writable(pairs.iter().map(|p| p.output.as_path()))?;

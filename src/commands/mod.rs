@@ -72,3 +72,25 @@ pub fn kernel_tensor(k: &Kernel, dev: &Device) -> anyhow::Result<Tensor> {
     let v: Vec<f32> = k.data.iter().map(|v| *v as f32).collect();
     Ok(Tensor::from_vec(v, (1, 1, k.height, k.width), dev)?)
 }
+
+/// The kernel files among `specs` (`gaussian:…` and `motion:…` are not files): a run reads them,
+/// so no output may replace one.
+pub fn kernel_files<'a>(specs: impl IntoIterator<Item = &'a String>) -> Vec<std::path::PathBuf> {
+    specs
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .filter(|k| k.is_file())
+        .collect()
+}
+
+/// What every writing command does with its plan before the first write: print its notes,
+/// refuse output folders that cannot be written, and sweep the temporary files that killed runs
+/// left there.
+pub fn prepare(plan: &converse::plan::Plan) -> anyhow::Result<()> {
+    for note in &plan.notes {
+        eprintln!("note: {note}");
+    }
+    converse::plan::check_writable(plan.pairs.iter().map(|p| p.output.as_path()))?;
+    converse::files::sweep_folders(plan.pairs.iter().map(|p| p.output.as_path()));
+    Ok(())
+}

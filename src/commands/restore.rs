@@ -1,6 +1,6 @@
 //! `converse restore`: files and folders through a model, nothing lost on the way.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use candle_core::DType;
@@ -47,12 +47,7 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     // A kernel file is read by the run too: no output may replace it.
-    let also_read: Vec<PathBuf> = a
-        .kernel
-        .iter()
-        .map(PathBuf::from)
-        .filter(|k| k.is_file())
-        .collect();
+    let also_read = super::kernel_files(&a.kernel);
     let plan = plan::plan(&plan::Request {
         input: &a.input,
         output: &a.output,
@@ -317,11 +312,7 @@ fn restore_one(
     let on_step = bars.start(job.input.display().to_string(), steps);
     let out = progress::with_steps(on_step, || restorer.restore(&pic))
         .with_context(|| format!("cannot restore '{}'", job.input.display()))?;
-    let existing = if a.overwrite {
-        Existing::Replace
-    } else {
-        Existing::Keep
-    };
+    let existing = Existing::with_overwrite(a.overwrite);
     match image_io::write(&out, &job.output, format, a.quality, existing) {
         Err(e) if files::already_exists(&e) => Ok(Outcome::WrittenMeanwhile),
         r => r.map(|()| Outcome::Restored),
