@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{converse, listing, stderr};
+use common::{converse, listing, stderr, zip_of};
 use converse::models::ModelKind;
 use image::{GrayImage, ImageFormat, Luma};
 
@@ -29,18 +29,6 @@ fn limited(cmd: &Command) -> Output {
         };
     }
     sh.output().unwrap()
-}
-
-/// A zip of stored files, as `torch.save` writes them.
-fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut z = zip::ZipWriter::new(Cursor::new(vec![]));
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in files {
-        z.start_file(*name, opts).unwrap();
-        z.write_all(data).unwrap();
-    }
-    z.finish().unwrap().into_inner()
 }
 
 /// A pickle that builds one object from `base`, then doubles it 48 times through the memo.

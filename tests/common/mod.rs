@@ -75,3 +75,16 @@ pub fn write_image(path: &Path, w: u32, h: u32, color: bool) {
             .unwrap()
     }
 }
+
+/// A zip of stored files, as `torch.save` writes them.
+pub fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(vec![]));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in files {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
