@@ -161,7 +161,7 @@ fn child(name: &str) -> Res<String> {
         )?;
     }
     write!(ops, "\"rest\": {{\"ms\": {:.1}}}", (total - counted) * 1e3)?;
-    // Then warm calls (transfer functions are rebuilt unless CONVERSE_FILTER_CACHE_MB keeps them).
+    // Then warm calls (the fused kernels make the transfer functions on every call).
     let mut times = vec![];
     for _ in 0..reps {
         let s = Instant::now();

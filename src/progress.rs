@@ -75,7 +75,7 @@ impl RestoreBars {
         Self {
             images: Some(all),
             image,
-            multi: multi,
+            multi,
         }
     }
 

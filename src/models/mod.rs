@@ -332,11 +332,10 @@ impl Model {
         }
     }
 
-    /// Drops the transfer functions the model's Converse2D layers keep and stops keeping new
-    /// ones until the next call; they also go when the model is dropped.
+    /// Drops the transfer functions the model's Converse2D layers keep (on the reference path);
+    /// they also go when the model is dropped.
     pub fn clear_caches(&self) {
         for layer in self.converse_layers() {
-            layer.keep_transfer_functions(false);
             layer.clear_cache();
         }
     }
@@ -362,10 +361,6 @@ impl Model {
             (Self::SRResNet(m), None) => m.forward(x)?,
             (Self::ConverseNet(m), None) => m.forward(x)?,
         };
-        // From the second call on, inputs of a size seen before reuse the transfer functions.
-        for layer in self.converse_layers() {
-            layer.keep_transfer_functions(true);
-        }
         check_finite(&y)?;
         Ok(y)
     }

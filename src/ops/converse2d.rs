@@ -5,8 +5,9 @@
 //! downsampling: it returns the closed-form minimiser of `||y - (x * K)↓s||² + λ||x - x0||²`
 //! (eq. 6 of the paper), computed in the Fourier domain as one filter `G` per channel
 //! ([`super::transfer`]). [`solve`] takes the kernels per call (Converse-USRNet's data module);
-//! the learned layer [`Converse2d`] keeps its transfer functions. Both run the fused CPU kernels
-//! for f32 on the CPU and the composed candle ops ([`solve_reference`]) everywhere else.
+//! the learned layer [`Converse2d`] keeps its transfer functions on the reference path. Both run
+//! the fused CPU kernels for f32 on the CPU and the composed candle ops ([`solve_reference`])
+//! everywhere else.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,7 +16,7 @@ use candle_core::Tensor;
 use candle_core::{CpuStorage, CustomOp1, DType, DeviceLocation, Layout, Module, Result, Shape};
 use candle_nn::VarBuilder;
 
-use super::cpu::solve::{lock, FilterCache, Filters, Geometry};
+use super::cpu::solve::{lock, Filters, Geometry};
 use super::fft::{irfft2, rfft2};
 use super::pad::{check_padding, pad2d, PaddingMode};
 use super::transfer::{self, Taps};
@@ -54,11 +55,10 @@ pub fn lambda(b: &Tensor, eps: f64) -> Result<Tensor> {
     candle_nn::ops::sigmoid(&(b - 9.0)?)? + eps
 }
 
-/// A layer's transfer functions, kept per size: in the lane layout for the fused kernels, and
-/// as planar tensors per dtype and device for the reference path.
+/// A layer's planar transfer functions for the reference path, kept per size, dtype and device
+/// (the fused kernels make theirs per call).
 #[derive(Debug, Default)]
 struct Cache {
-    lanes: FilterCache,
     planar: Mutex<HashMap<(usize, usize, DType, DeviceLocation), Tensor>>,
 }
 
@@ -71,7 +71,7 @@ enum Source<'a> {
 /// Solves Converse2D for `x` `(N, C, H, W)` with per-channel kernels `kernel` `(1|N, C, k, k)` and
 /// regularisation `lam` `(1, C, 1, 1)`; returns `(N, C, H*scale, W*scale)`. The transfer
 /// functions are built for this call only; a layer with fixed kernels should be a
-/// [`Converse2d`], which keeps them.
+/// [`Converse2d`], which keeps them on the reference path.
 ///
 /// On a GPU (the reference path) the kernels, a few KB, are read back to the host, the transfer
 /// functions are built there (the separable DFT of the taps, in f64, in parallel) and uploaded
@@ -122,10 +122,7 @@ fn solve_with(
     taps.check_fits((hp, wp), scale)?;
     match Backend::of(x) {
         Backend::Fused => {
-            let filters = match source {
-                Source::Layer(t, cache) => Filters::Cached(t, &cache.lanes),
-                Source::PerCall(t) => Filters::PerCall(t),
-            };
+            let filters = Filters(taps);
             let geo = Geometry::new((h, w), padding, scale, mode);
             x.contiguous()?
                 .apply_op1_no_bwd(&FusedSolve { geo, filters })
@@ -220,8 +217,8 @@ impl CustomOp1 for FusedSolve<'_> {
 }
 
 /// A Converse2D layer with learned depthwise kernels (`weight` `(1, C, k, k)`, `bias`
-/// `(1, C, 1, 1)`), as `Converse2D` in the official code. It can keep its transfer functions per
-/// input size ([`Self::keep_transfer_functions`]; [`Self::clear_cache`] drops them).
+/// `(1, C, 1, 1)`), as `Converse2D` in the official code. On the reference path it keeps its
+/// transfer functions per input size ([`Self::clear_cache`] drops them).
 #[derive(Debug)]
 pub struct Converse2d {
     weight: Tensor,
@@ -277,18 +274,9 @@ impl Converse2d {
         &self.lambda
     }
 
-    /// Whether the fused CPU kernels keep the transfer functions they build, per input size, for
-    /// the next call (off by default: building them costs about one FFT pass per call, keeping
-    /// them as much memory as the layer's spectra). Models turn it on after their first call.
-    /// The reference path always keeps its planar transfer functions, since a device would
-    /// otherwise receive them on every call.
-    pub fn keep_transfer_functions(&self, on: bool) {
-        self.cache.lanes.keep(on)
-    }
-
-    /// Drops the transfer functions kept for the sizes seen so far.
+    /// Drops the transfer functions the reference path kept for the sizes seen so far (a device
+    /// would otherwise receive them on every call; the fused kernels make theirs per call).
     pub fn clear_cache(&self) {
-        self.cache.lanes.clear();
         lock(&self.cache.planar).clear();
     }
 
@@ -299,7 +287,7 @@ impl Converse2d {
         check_padding(c.padding_mode, c.padding, w)?;
         let geo = Geometry::new((h, w), c.padding, c.scale, c.padding_mode);
         self.taps.check_fits((geo.hp, geo.wp), c.scale)?;
-        Ok((geo, Filters::Cached(&self.taps, &self.cache.lanes)))
+        Ok((geo, Filters(&self.taps)))
     }
 }
 
@@ -538,20 +526,30 @@ mod tests {
                 }
             }
         }
-        // The portable arithmetic, on one case of each scale.
-        crate::ops::cpu::simd::FORCE_PLAIN.store(true, std::sync::atomic::Ordering::Relaxed);
-        for s in 1..=2 {
-            let x = Tensor::rand(-1f32, 1.0, (1, 17, 9, 12), &dev).unwrap();
-            let k = Tensor::rand(0f32, 0.2, (1, 17, 3, 3), &dev).unwrap();
-            let lam = Tensor::full(0.05f32, (1, 17, 1, 1), &dev).unwrap();
-            let mode = PaddingMode::Reflect;
-            let fused = solve(&x, &k, &lam, s, 2, mode).unwrap();
-            let reference = with_reference(|| solve(&x, &k, &lam, s, 2, mode).unwrap());
-            assert!(max_diff(&fused, &reference) < 1e-5, "portable s={s}");
-        }
-        crate::ops::cpu::simd::FORCE_PLAIN.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The fused solve on every instruction set this CPU has (AVX-512, AVX2, portable) against
+    /// the reference, at scale 1 and 2 (the parallel groups run with the caller's choice).
+    #[test]
+    fn every_instruction_set_matches_the_reference() {
+        use crate::ops::cpu::simd::Isa;
+        let dev = Device::Cpu;
+        for s in 1..=2 {
+            let x = Tensor::rand(-1f32, 1.0, (1, 37, 9, 12), &dev).unwrap();
+            let k = Tensor::rand(0f32, 0.2, (1, 37, 3, 3), &dev).unwrap();
+            let lam = Tensor::full(0.05f32, (1, 37, 1, 1), &dev).unwrap();
+            let mode = PaddingMode::Reflect;
+            let run = || solve(&x, &k, &lam, s, 2, mode).unwrap();
+            let reference = with_reference(run);
+            for isa in Isa::available() {
+                let fused = isa.run(run);
+                assert!(max_diff(&fused, &reference) < 1e-5, "{isa:?} s={s}");
+            }
+        }
+    }
+
+    /// The reference path keeps a layer's planar transfer functions per size, reuses them and
+    /// drops them on `clear_cache`; the fused path gives the same answer on every call.
     #[test]
     fn layer_keeps_and_clears_its_transfer_functions() {
         let dev = Device::Cpu;
@@ -569,10 +567,17 @@ mod tests {
         let first = layer.forward(&x).unwrap();
         let again = layer.forward(&x).unwrap();
         assert_eq!(max_diff(&first, &again), 0.0);
+        let kept = || lock(&layer.cache.planar).len();
+        assert_eq!(kept(), 0);
         let reference = with_reference(|| layer.forward(&x).unwrap());
+        assert_eq!(kept(), 1);
         assert!(max_diff(&first, &reference) < 1e-5);
+        let again = with_reference(|| layer.forward(&x).unwrap());
+        assert_eq!((kept(), max_diff(&again, &reference)), (1, 0.0));
         layer.clear_cache();
-        assert_eq!(max_diff(&layer.forward(&x).unwrap(), &first), 0.0);
+        assert_eq!(kept(), 0);
+        let after = with_reference(|| layer.forward(&x).unwrap());
+        assert_eq!(max_diff(&after, &reference), 0.0);
     }
 
     #[test]

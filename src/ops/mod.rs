@@ -19,8 +19,9 @@ use std::cell::Cell;
 use candle_core::{DType, Tensor};
 
 pub use converse2d::{solve as converse2d_solve, Converse2d, Converse2dConfig};
+#[doc(hidden)]
+pub use cpu::bench;
 pub use cpu::simd::level as simd_level;
-pub use cpu::solve::FILTER_CACHE_ENV;
 pub use fft::{irfft2, rfft2};
 pub use pad::{pad2d, PaddingMode};
 pub use resize::upsample_bilinear2d;
@@ -54,25 +55,22 @@ impl Backend {
 /// Runs `f` with every layer called on this thread taking [`Backend::Reference`]: the composed
 /// candle ops a GPU runs, here on the CPU (for tests and comparisons).
 pub fn with_reference<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
+    with_thread_setting(&FORCE_REFERENCE, true, f)
+}
+
+/// Runs `f` with the thread-local `setting` of this thread set to `value`, and restores the
+/// value before after, also on a panic.
+pub(crate) fn with_thread_setting<T: Copy + 'static, R>(
+    setting: &'static std::thread::LocalKey<Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            FORCE_REFERENCE.with(|c| c.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _reset = Reset(FORCE_REFERENCE.with(|c| c.replace(true)));
+    let _restore = Restore(setting, setting.with(|c| c.replace(value)));
     f()
-}
-
-/// Frees what the operators keep between calls for the whole process: the fused solve's reusable
-/// buffers (as large as the widest solve so far) and the FFT plans (a few KB per size). A
-/// layer's own transfer functions go with the layer ([`Converse2d::clear_cache`]).
-pub fn clear_caches() {
-    cpu::solve::pool().clear();
-    fft::clear_plans();
-}
-
-/// Bytes held by the fused solve's reusable buffers.
-pub fn cached_buffer_bytes() -> usize {
-    cpu::solve::pool().bytes()
 }

@@ -578,52 +578,25 @@ pub(crate) fn planar(
     let (c, phases) = (taps.channels, s * s);
     let norm = 1.0 / phases as f64;
     let mut data = vec![0.0f64; taps.sets * c * phases * 2 * plane];
+    let isa = super::cpu::simd::Isa::current();
     data.par_chunks_mut(phases * 2 * plane)
         .enumerate()
         .for_each(|(i, dst)| {
             let (set, ch) = (i / c, i % c);
-            build(taps, set, ch..ch + 1, (hp, wp), s, |phase, u, re, im| {
-                let at = phase * 2 * plane + u * wq;
-                for (d, v) in dst[at..][..wq].iter_mut().zip(re) {
-                    *d = v * norm;
-                }
-                for (d, v) in dst[at + plane..][..wq].iter_mut().zip(im) {
-                    *d = v * norm;
-                }
+            isa.run(|| {
+                build(taps, set, ch..ch + 1, (hp, wp), s, |phase, u, re, im| {
+                    let at = phase * 2 * plane + u * wq;
+                    for (d, v) in dst[at..][..wq].iter_mut().zip(re) {
+                        *d = v * norm;
+                    }
+                    for (d, v) in dst[at + plane..][..wq].iter_mut().zip(im) {
+                        *d = v * norm;
+                    }
+                })
             });
         });
     let shape = (taps.sets, c, phases, 2, hp, wq);
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)?
         .to_dtype(dtype)?
         .to_device(dev)
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-    use candle_core::{Device, Tensor};
-
-    /// Not a test: `cargo test --release --lib transfer::speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn rows_speed() {
-        let dev = Device::Cpu;
-        for (k, hp) in [(7, 268), (5, 136), (3, 260)] {
-            let kern = Tensor::rand(0f32, 1.0, (1, 16, k, k), &dev).unwrap();
-            let lam = Tensor::full(0.01f32, (1, 16, 1, 1), &dev).unwrap();
-            let taps = Taps::new(&kern, &lam).unwrap();
-            let chans: Vec<usize> = (0..16).collect();
-            let reps = 50;
-            let t = std::time::Instant::now();
-            let mut sink = 0.0;
-            for _ in 0..reps {
-                let mut cols = Columns::new(&taps, 0, &chans, (hp, hp));
-                for v in 0..hp / 2 + 1 {
-                    sink += cols.column(v)[3];
-                }
-            }
-            let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
-            println!("k={k} {hp}x{hp}: {ms:.3} ms per group ({sink:.1})");
-        }
-    }
 }

@@ -4,12 +4,14 @@ use std::f32::consts::FRAC_1_SQRT_2;
 
 use rayon::prelude::*;
 
-use super::simd::simd_fn;
+use super::simd::{simd_fn, Isa};
 use crate::ops::profile::{self, OpKind};
 
 /// `erf` on f32: the rational approximation of Eigen and XLA (abs. error < 4e-7; clamped to
-/// [-4, 4], where f32 `erf` reaches ±1). Plain arithmetic, so loops over it vectorise.
+/// [-4, 4], where f32 `erf` reaches ±1). Plain arithmetic, so loops over it vectorise. The
+/// coefficients are written as published; each rounds to the nearest f32.
 #[inline(always)]
+#[allow(clippy::excessive_precision)]
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
@@ -63,9 +65,10 @@ simd_fn! {
 /// `out = gelu(x)`, in parallel pieces.
 pub(crate) fn gelu_slice(x: &[f32], out: &mut [f32]) {
     let _t = profile::time(OpKind::NormAct, || x.len() as f64);
+    let isa = Isa::current();
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
-        .for_each(|(o, x)| gelu_into(x, o));
+        .for_each(|(o, x)| isa.run(|| gelu_into(x, o)));
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use rayon::prelude::*;
 
 use super::act::bias_gelu;
 use super::gemm::gemm;
-use super::simd::simd_fn;
 use super::simd::V;
+use super::simd::{simd_fn, Isa};
 use super::solve::{pool, rows_to_lanes, Filters, Geometry, Grid, GROUP};
 use crate::ops::profile::{self, OpKind};
 
@@ -266,6 +266,7 @@ fn expand_groups(
         .map(|&(p, len)| segments(p, len, geo.w).count())
         .collect();
     let mut tiles: Vec<Vec<GridPieces>> = plan.iter().map(|_| vec![]).collect();
+    let isa = Isa::current();
     for grid in grids.iter_mut() {
         let (re, im) = grid.interior_mut();
         let mut pieces = carve(re, seg_ranges())
@@ -282,16 +283,18 @@ fn expand_groups(
         .for_each_init(
             || TileWork::new(c),
             |tw, ((mut outs, inputs), &(p, len))| {
-                gather(&inputs, &mut tw.x[..c * len]);
-                tw.expand(w, rows.clone(), len);
-                for (gi, pieces) in outs.iter_mut().enumerate() {
-                    let base = gi * GROUP;
-                    let count = GROUP.min(rows.len() - base);
-                    let h = &tw.h[base * len..];
-                    for ((j, ..), (re, im)) in segments(p, len, geo.w).zip(pieces.iter_mut()) {
-                        rows_to_lanes((re, im), &h[j..], len, count);
+                isa.run(|| {
+                    gather(&inputs, &mut tw.x[..c * len]);
+                    tw.expand(w, rows.clone(), len);
+                    for (gi, pieces) in outs.iter_mut().enumerate() {
+                        let base = gi * GROUP;
+                        let count = GROUP.min(rows.len() - base);
+                        let h = &tw.h[base * len..];
+                        for ((j, ..), (re, im)) in segments(p, len, geo.w).zip(pieces.iter_mut()) {
+                            rows_to_lanes((re, im), &h[j..], len, count);
+                        }
                     }
-                }
+                })
             },
         );
 }
@@ -311,6 +314,7 @@ fn reduce_groups(
     let c = w.c;
     let c2 = 2 * c;
     let cols = g0 * GROUP..c2.min((g0 + grids.len()) * GROUP);
+    let isa = Isa::current();
     tiles_mut(out, c, plan)
         .into_par_iter()
         .zip(tiles_ref(x, c, plan))
@@ -318,25 +322,27 @@ fn reduce_groups(
         .for_each_init(
             || TileWork::new(c),
             |tw, ((mut rows, inputs), &(p, len))| {
-                if first {
-                    gather(&inputs, &mut tw.x[..c * len]);
-                } else {
-                    gather(&rows, &mut tw.x[..c * len]);
-                }
-                for (gi, grid) in grids.iter().enumerate() {
-                    let base = gi * GROUP;
-                    let count = GROUP.min(cols.len() - base);
-                    let h = &mut tw.h[base * len..];
-                    for (j, i, col, seg) in segments(p, len, geo.w) {
-                        grid.get_rows(geo.inner(i, col), h, len, j, seg, count);
+                isa.run(|| {
+                    if first {
+                        gather(&inputs, &mut tw.x[..c * len]);
+                    } else {
+                        gather(&rows, &mut tw.x[..c * len]);
                     }
-                }
-                tw.reduce(w, cols.clone(), len);
-                if let Some(plain) = then {
-                    tw.expand(plain, 0..2 * c, len);
-                    tw.reduce(plain, 0..2 * c, len);
-                }
-                scatter(&tw.x[..c * len], &mut rows);
+                    for (gi, grid) in grids.iter().enumerate() {
+                        let base = gi * GROUP;
+                        let count = GROUP.min(cols.len() - base);
+                        let h = &mut tw.h[base * len..];
+                        for (j, i, col, seg) in segments(p, len, geo.w) {
+                            grid.get_rows(geo.inner(i, col), h, len, j, seg, count);
+                        }
+                    }
+                    tw.reduce(w, cols.clone(), len);
+                    if let Some(plain) = then {
+                        tw.expand(plain, 0..2 * c, len);
+                        tw.reduce(plain, 0..2 * c, len);
+                    }
+                    scatter(&tw.x[..c * len], &mut rows);
+                })
             },
         );
 }
@@ -373,16 +379,19 @@ pub(crate) fn converse_block(
     let pool = pool();
     geo.fit_pool(pool);
     let wc = &weights.converse;
+    let isa = Isa::current();
     for (xi, oi) in x.chunks(c * n).zip(out.chunks_mut(c * n)) {
         for g0 in (0..groups).step_by(per_pass) {
             let count = per_pass.min(groups - g0);
             let mut grids: Vec<Grid> = (0..count).map(|_| Grid::new(geo, pool)).collect();
             expand_groups(xi, wc, g0, &mut grids, geo, &plan);
             grids.par_iter_mut().enumerate().for_each(|(i, grid)| {
-                grid.fill_padding(geo);
-                let mut f = filters.group(geo, 0, g0 + i, pool);
-                grid.solve(geo, &mut f, true);
-                f.release(pool);
+                isa.run(|| {
+                    grid.fill_padding(geo);
+                    let mut f = filters.group(geo, 0, g0 + i, pool);
+                    grid.solve(geo, &mut f, true);
+                    f.release(pool);
+                })
             });
             let last = (g0 + count == groups).then_some(&weights.plain);
             reduce_groups((xi, oi), wc, (g0, &grids), geo, &plan, (g0 == 0, last));

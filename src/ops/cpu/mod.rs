@@ -9,14 +9,18 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`simd`] | 8-lane vectors, AVX2 + FMA detection, [`simd::simd_fn!`] |
+//! | [`simd`] | 8-lane vectors, the instruction set per call (AVX-512, AVX2 + FMA, portable), [`simd::simd_fn!`] |
 //! | [`act`] | GELU |
+//! | [`bench`] | units of work for `benches/ops.rs` to time |
 //! | [`gemm`] | matrix products on the calling thread |
 //! | [`branch`] | the fused `ConverseBlock` |
-//! | [`solve`] | the lane-batched Converse2D solve, its buffers and its transfer-function cache |
+//! | [`lanes`] | complex 1-D FFTs over 8-lane vectors (mixed radix, Bluestein for large primes) |
+//! | [`solve`] | the lane-batched Converse2D solve: its grid, kernel, transfer functions and buffer pool |
 
 pub(crate) mod act;
+pub mod bench;
 pub(crate) mod branch;
 pub(crate) mod gemm;
+pub(crate) mod lanes;
 pub(crate) mod simd;
 pub(crate) mod solve;

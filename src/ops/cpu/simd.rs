@@ -1,9 +1,10 @@
 //! Vectors of [`LANES`] f32 and the one way the fused kernels pick their instruction set.
 //!
 //! Every kernel entry point is declared with [`simd_fn!`]: its body is generic over a [`Simd`]
-//! token and is compiled three times, for AVX-512 and for AVX2 + FMA (x86-64 only, chosen at
-//! run time by what the CPU has, checked once) and portable. Plain element loops in the body
-//! vectorise on their own (16 f32 wide with AVX-512); the lane FFT uses the token's explicit
+//! token and is compiled three times, for AVX-512 and for AVX2 + FMA (x86-64 only) and portable,
+//! and each call runs the one [`Isa::current`] names: what the CPU has (checked once per
+//! process), or less on a thread inside [`Isa::run`] (how the tests cover every path). Plain
+//! element loops in the body vectorise on their own (16 f32 wide with AVX-512); the lane FFT uses the token's explicit
 //! arithmetic on 8-lane vectors, which AVX-512 runs with twice the registers.
 
 /// f32 lanes per vector.
@@ -74,55 +75,86 @@ impl Simd for Plain {
     }
 }
 
-/// Tests: run every kernel on the portable path (process-wide, so it only widens coverage).
-#[cfg(test)]
-pub(crate) static FORCE_PLAIN: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+/// The instruction sets the kernels are compiled for, in order: each one's CPU has the ones
+/// before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    Portable,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX2 and FMA with the AVX-512 subsets F, VL, DQ and BW.
+    Avx512,
+}
 
-/// Tests: run the AVX2 path where the CPU has AVX-512.
-#[cfg(test)]
-pub(crate) static FORCE_AVX2: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    /// The most the kernels called on this thread may use ([`Isa::run`]).
+    static CAP: std::cell::Cell<Isa> = const { std::cell::Cell::new(Isa::Avx512) };
+}
 
-/// AVX2 and FMA; a value exists only on CPUs that have them.
+impl Isa {
+    /// What this CPU has (checked once per process).
+    fn detected() -> Self {
+        static HAS: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let avx512 = is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512bw");
+                return if avx512 { Isa::Avx512 } else { Isa::Avx2 };
+            }
+            Isa::Portable
+        })
+    }
+
+    /// The instruction set the kernels called on this thread run with: what the CPU has, at
+    /// most the cap of the enclosing [`Isa::run`]. Parallel code reads it before spawning and
+    /// runs each piece of work under it, since a thread's cap does not reach the pool's
+    /// workers.
+    pub(crate) fn current() -> Self {
+        Self::detected().min(CAP.with(std::cell::Cell::get))
+    }
+
+    /// Runs `f` with the kernels called on this thread using at most `self` (the cap before
+    /// is restored after, also on a panic).
+    pub(crate) fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        crate::ops::with_thread_setting(&CAP, self, f)
+    }
+
+    /// Each instruction set this CPU has, the portable one first.
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Self> {
+        [Self::Portable, Self::Avx2, Self::Avx512]
+            .into_iter()
+            .filter(|&i| i <= Self::detected())
+            .collect()
+    }
+
+    /// `avx512`, `avx2` or `portable`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+        }
+    }
+}
+
+/// AVX2 and FMA; a value exists only where [`Isa::current`] allows them.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2(());
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Avx2, Simd, V};
+    use super::{Avx2, Isa, Simd, V};
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
 
     impl Avx2 {
-        /// `Some` if this CPU has AVX2 and FMA (checked once per process).
+        /// `Some` if the kernels called on this thread may use AVX2 and FMA.
         pub(crate) fn get() -> Option<Self> {
-            static HAS: OnceLock<bool> = OnceLock::new();
-            #[cfg(test)]
-            if super::FORCE_PLAIN.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
-            }
-            let has = *HAS.get_or_init(|| {
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-            });
-            has.then_some(Avx2(()))
-        }
-
-        /// Whether this CPU also has the AVX-512 subsets the kernels are compiled for (F, VL,
-        /// DQ, BW; checked once per process).
-        pub(crate) fn avx512(self) -> bool {
-            static HAS: OnceLock<bool> = OnceLock::new();
-            #[cfg(test)]
-            if super::FORCE_AVX2.load(std::sync::atomic::Ordering::Relaxed) {
-                return false;
-            }
-            *HAS.get_or_init(|| {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512dq")
-                    && is_x86_feature_detected!("avx512bw")
-            })
+            (Isa::current() >= Isa::Avx2).then_some(Avx2(()))
         }
     }
 
@@ -196,15 +228,11 @@ mod x86 {
 /// The instruction set the fused kernels run with on this CPU: `avx512`, `avx2` (with FMA) or
 /// `portable` (what [`simd_fn!`] picks).
 pub fn level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(s) = Avx2::get() {
-        return if s.avx512() { "avx512" } else { "avx2" };
-    }
-    "portable"
+    Isa::current().name()
 }
 
 /// Declares a kernel whose body (a block generic over the token `$s: impl Simd`) is compiled
-/// for AVX2 + FMA and chosen when the CPU has them, and compiled portable otherwise. The body
+/// for AVX-512, for AVX2 + FMA and portable, and runs the one [`Isa::current`] names. The body
 /// must inline whole (loops and `#[inline(always)]` calls, no closures it relies on to
 /// vectorise: closures do not inherit the caller's target features).
 macro_rules! simd_fn {
@@ -229,10 +257,11 @@ macro_rules! simd_fn {
             }
             #[cfg(target_arch = "x86_64")]
             if let Some(s) = $crate::ops::cpu::simd::Avx2::get() {
-                // SAFETY: `s` exists, so this CPU has AVX2 and FMA, and `avx512` checked the
-                // rest.
+                // SAFETY: `s` exists, so this CPU has AVX2 and FMA, and `Isa::current` allows
+                // AVX-512 only where the CPU has it.
+                use $crate::ops::cpu::simd::Isa;
                 return unsafe {
-                    if s.avx512() {
+                    if Isa::current() == Isa::Avx512 {
                         avx512(s, $($arg),*)
                     } else {
                         avx2(s, $($arg),*)
@@ -263,5 +292,24 @@ mod tests {
         if let Some(s) = Avx2::get() {
             assert_eq!(s.transpose(rows), t);
         }
+    }
+
+    /// A cap holds on its own thread only, for the call it wraps, and never raises the
+    /// instruction set above what the CPU has.
+    #[test]
+    fn a_cap_holds_on_its_thread_for_its_call() {
+        let full = Isa::current();
+        assert_eq!(full, Isa::detected());
+        assert_eq!(Isa::available().last(), Some(&full));
+        Isa::Portable.run(|| {
+            assert_eq!((Isa::current(), level()), (Isa::Portable, "portable"));
+            #[cfg(target_arch = "x86_64")]
+            assert!(Avx2::get().is_none());
+            let other = std::thread::spawn(Isa::current).join().unwrap();
+            assert_eq!(other, full);
+            Isa::Avx512.run(|| assert_eq!(Isa::current(), full));
+            assert_eq!(Isa::current(), Isa::Portable);
+        });
+        assert_eq!(Isa::current(), full);
     }
 }

@@ -3,14 +3,13 @@
 //! | what | where | used by |
 //! | --- | --- | --- |
 //! | [`rfft2`] / [`irfft2`], a candle op: real 2-D FFT over the last two dims, f32 and f64 | CPU: [`cpu`] (realfft/rustfft, plans cached, planes in parallel); CUDA (`cuda` feature): `cuda` (cuFFT, one batched plan over all planes, plans cached, planar/interleaved conversion on the device) | the reference Converse2D solve, so every device and dtype, and anyone's own code |
-//! | the lane FFT: complex 1-D FFTs over vectors of 8 f32 | [`lanes`] | the fused f32 CPU solve ([`crate::ops::cpu::solve`]) |
+//! | the lane FFT: complex 1-D FFTs over vectors of 8 f32 | `crate::ops::cpu::lanes` | the fused f32 CPU solve (`crate::ops::cpu::solve`) |
 //! | the separable DFT of a kernel's taps, in f64 | [`crate::ops::transfer`] | building transfer functions for both solves |
 //! | a plain O(N²) DFT | `reference` (tests only) | checking the others |
 
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-pub(crate) mod lanes;
 #[cfg(test)]
 pub(crate) mod reference;
 

@@ -1,11 +1,11 @@
 //! A complex FFT over vectors: [`LANES`](crate::ops::cpu::simd::LANES) independent transforms
 //! at once, real and imaginary parts in separate arrays of [`V`]. Mixed radix, decimation in
-//! time, iterative (so that it inlines whole into the caller's AVX2 code); factors 4 and 2 have
+//! time, iterative (so that it inlines whole into the caller's AVX2 or AVX-512 code); factors 4
+//! and 2 have
 //! their own butterflies, odd factors up to [`BLUESTEIN_ABOVE`] a direct DFT over conjugate
 //! pairs. Larger primes (photo sizes pad to e.g. 3004 = 4 x 751, 4006 = 2 x 2003) take
 //! Bluestein's algorithm, a convolution by a sub-plan of length 2^a or 3 x 2^a, so that every
-//! length is O(n log n) and the tables O(n). rustfft handles one transform at a time and is
-//! 5x slower per point on sizes such as 268 = 4 x 67 that the Converse2D padding produces; here
+//! length is O(n log n) and the tables O(n). rustfft handles one transform at a time; here
 //! every operation works on `LANES` values, whatever the factors. The CPU's fused Converse2D
 //! solve ([`crate::ops::cpu::solve`]) is its only user.
 
@@ -15,8 +15,8 @@ use rustfft::num_complex::Complex;
 
 use crate::ops::cpu::simd::{Simd, V};
 
-/// Odd factors above this take Bluestein's algorithm, the rest the direct DFT: its O(p²) is as
-/// fast at p = 353 and 10-20% slower from 373 up (`direct_and_bluestein_speed`, AVX-512).
+/// Odd factors above this take Bluestein's algorithm, the rest the direct DFT, whose O(p²) is
+/// as fast up to about here (`cargo bench --bench ops -- lanes` prints both per length).
 const BLUESTEIN_ABOVE: usize = 360;
 
 /// `cos` and `sin` of `2 pi n k / p` for `n, k` in `1..=(p-1)/2`, row `k - 1`.
@@ -44,8 +44,7 @@ struct Chirp {
 
 impl Chirp {
     fn new(p: usize) -> Self {
-        // The smallest 2^a or 3 * 2^a that holds the linear convolution (more factors 3 are
-        // slower than the larger power of 2).
+        // The smallest 2^a or 3 * 2^a that holds the linear convolution.
         let m = (2 * p - 1).next_power_of_two();
         let m = if m / 4 * 3 >= 2 * p - 1 { m / 4 * 3 } else { m };
         // j^2 mod 2p in integers, so the angle stays exact.
@@ -135,7 +134,7 @@ fn twiddle<S: Simd>(s: S, (a, b): (V, V), (c, d): (f32, f32)) -> (V, V) {
     )
 }
 
-fn factors(mut n: usize) -> Vec<usize> {
+pub(crate) fn factors(mut n: usize) -> Vec<usize> {
     let mut f = vec![];
     while n.is_multiple_of(4) {
         f.push(4);
@@ -165,7 +164,7 @@ impl Plan {
     }
 
     /// A plan whose odd factors above `above` take Bluestein's algorithm.
-    fn build(n: usize, above: usize) -> Self {
+    pub(crate) fn build(n: usize, above: usize) -> Self {
         assert!(n >= 1);
         // Top level first; the largest factor ends up at the leaves, where it needs no twiddles.
         let f = factors(n);
@@ -232,6 +231,16 @@ impl Plan {
     }
 
     /// Scratch (in vectors) that [`Self::forward`] needs.
+    /// The length of the transform.
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+
+    /// The length of Bluestein's sub-transforms, 0 where the plan takes none.
+    pub(crate) fn bluestein_len(&self) -> usize {
+        self.chirps.iter().map(|c| c.sub.n).max().unwrap_or(0)
+    }
+
     pub(crate) fn scratch_len(&self) -> usize {
         let chirp = self.chirps.iter().map(Chirp::scratch_len).max();
         (4 * self.max_half).max(chirp.unwrap_or(0))
@@ -477,17 +486,19 @@ impl Plan {
     }
 }
 
+/// A fixed test signal of `n` points for the tests and the bench: a sine of a different
+/// frequency in each lane and part.
+pub(crate) fn signal(n: usize) -> (Vec<V>, Vec<V>) {
+    let value = |i: usize, l: usize, f: f64| ((i * 31 + l * 7) as f64 * f).sin() as f32;
+    let part = |f: f64| (0..n).map(move |i| V(std::array::from_fn(|l| value(i, l, f))));
+    (part(0.37).collect(), part(0.91).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::cpu::simd::{simd_fn, Plain, LANES};
+    use crate::ops::cpu::simd::{simd_fn, Isa, Plain, LANES};
     use crate::ops::fft::reference;
-
-    fn input(n: usize) -> (Vec<V>, Vec<V>) {
-        let value = |i: usize, l: usize, f: f64| ((i * 31 + l * 7) as f64 * f).sin() as f32;
-        let part = |f: f64| (0..n).map(move |i| V(std::array::from_fn(|l| value(i, l, f))));
-        (part(0.37).collect(), part(0.91).collect())
-    }
 
     /// The forward transform, and the inverse of it (parts swapped in and out), unnormalised.
     #[inline(always)]
@@ -507,24 +518,21 @@ mod tests {
         [re, im, back_re, back_im]
     }
 
-    /// [`forward_and_back`] compiled with AVX2 + FMA, as the solve runs it.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn forward_and_back_avx2(
-        s: crate::ops::cpu::simd::Avx2,
-        plan: &Plan,
-        x: (&[V], &[V]),
-    ) -> [Vec<V>; 4] {
-        forward_and_back(s, plan, x)
+    simd_fn! {
+        /// [`forward_and_back`] on the instruction set [`Isa::current`] names, as the solve
+        /// runs it.
+        fn forward_and_back_simd(s, plan: &Plan, x: (&[V], &[V])) -> [Vec<V>; 4] {
+            forward_and_back(s, plan, x)
+        }
     }
 
-    /// Checks length `n` on both instruction sets against the plain DFT: absolute error
-    /// `2e-6 sqrt(n) log2(n)` on the direct path; on the Bluestein path error relative to
+    /// Checks length `n` on every instruction set this CPU has against the plain DFT: absolute
+    /// error `2e-6 sqrt(n) log2(n)` on the direct path; on the Bluestein path error relative to
     /// the largest bin, `1e-5 log2(n)` (and the same, absolute, on the round trip).
     fn check_against_the_plain_dft(plan: Plan) {
         let n = plan.n;
         let bluestein = !plan.chirps.is_empty();
-        let (x_re, x_im) = input(n);
+        let (x_re, x_im) = signal(n);
         // The O(n²) reference is slow: fewer lanes at the largest sizes.
         let lanes: Vec<usize> = if n <= 2000 {
             (0..LANES).collect()
@@ -538,14 +546,13 @@ mod tests {
             .iter()
             .map(|&l| reference::dft(&lane(&x_re, l), &lane(&x_im, l)))
             .collect();
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut runs = vec![("plain", forward_and_back(Plain, &plan, (&x_re, &x_im)))];
-        #[cfg(target_arch = "x86_64")]
-        if let Some(a) = crate::ops::cpu::simd::Avx2::get() {
-            // SAFETY: `a` exists, so this CPU has AVX2 and FMA.
-            let got = unsafe { forward_and_back_avx2(a, &plan, (&x_re, &x_im)) };
-            runs.push(("avx2", got));
-        }
+        let runs: Vec<_> = Isa::available()
+            .into_iter()
+            .map(|isa| {
+                let got = isa.run(|| forward_and_back_simd(&plan, (&x_re, &x_im)));
+                (isa.name(), got)
+            })
+            .collect();
         let log = (n as f64).log2().max(1.0);
         for (name, [re, im, back_re, back_im]) in &runs {
             let mut worst: f64 = 0.0;
@@ -577,9 +584,6 @@ mod tests {
             if bluestein {
                 println!("{name} n={n}: error / largest bin {worst:.2e}");
             }
-        }
-        if runs.len() == 1 {
-            println!("no AVX2 + FMA on this CPU: only the portable path checked");
         }
     }
 
@@ -622,7 +626,7 @@ mod tests {
         let (n, off, stride) = (2 * 367, 2, 5);
         let plan = Plan::new(n);
         assert_eq!(plan.chirps.len(), 1);
-        let (x_re, x_im) = input(off + stride * n);
+        let (x_re, x_im) = signal(off + stride * n);
         let mut scratch = vec![V::default(); plan.scratch_len()];
         let (mut re, mut im) = (vec![V::default(); n], vec![V::default(); n]);
         let xs = (&x_re[..], &x_im[..]);
@@ -639,84 +643,5 @@ mod tests {
             &mut scratch,
         );
         assert_eq!((re, im), (want_re, want_im));
-    }
-
-    simd_fn! {
-        fn transforms(
-            s,
-            plan: &Plan,
-            x_re: &[V],
-            x_im: &[V],
-            re: &mut [V],
-            im: &mut [V],
-            scratch: &mut [V],
-            reps: usize,
-        ) {
-            for _ in 0..reps {
-                plan.forward(s, (x_re, x_im), (0, 1), (&mut *re, &mut *im), scratch);
-            }
-        }
-    }
-
-    /// Microseconds per transform (of `LANES` lines) of `plan`.
-    fn time(plan: &Plan) -> f64 {
-        let n = plan.n;
-        let (x_re, x_im) = input(n);
-        let mut scratch = vec![V::default(); plan.scratch_len()];
-        let (mut re, mut im) = (vec![V::default(); n], vec![V::default(); n]);
-        let mut run = |reps| {
-            let t = std::time::Instant::now();
-            transforms(plan, &x_re, &x_im, &mut re, &mut im, &mut scratch, reps);
-            t.elapsed().as_secs_f64() / reps as f64
-        };
-        let once = run(1);
-        let reps = ((0.1 / once) as usize).clamp(1, 100_000);
-        // The best of three: the machine may be busy.
-        (0..3).map(|_| run(reps)).fold(f64::MAX, f64::min) * 1e6
-    }
-
-    /// Not a test: `cargo test --release --lib bluestein_speed -- --ignored --nocapture` times
-    /// the direct DFT against Bluestein's algorithm for lengths with one large prime factor.
-    #[test]
-    #[ignore]
-    fn direct_and_bluestein_speed() {
-        let primes = [
-            53, 67, 79, 89, 101, 127, 151, 181, 211, 251, 307, 331, 353, 373, 383, 389, 401, 421,
-            457, 503,
-        ];
-        let photo = [260, 268, 1006, 3004, 3012, 4006];
-        for m in [
-            216, 243, 256, 288, 384, 432, 512, 648, 768, 864, 1024, 1296, 1536, 2048, 3072, 4096,
-        ] {
-            let t = time(&Plan::new(m));
-            println!(
-                "m={m:5} {:?}: {t:8.2} us, {:.2} ns per point",
-                factors(m),
-                t * 1e3 / (m as f64 * (m as f64).log2())
-            );
-        }
-        let mut at = std::collections::HashMap::new();
-        for n in primes.iter().map(|p| 2 * p).chain(photo) {
-            let p = *factors(n).last().unwrap();
-            let (direct, chirp) = (Plan::build(n, usize::MAX), Plan::build(n, p - 1));
-            let (d, c) = (time(&direct), time(&chirp));
-            let m = chirp.chirps.iter().map(|c| c.sub.n).max().unwrap_or(0);
-            let used = if Plan::new(n).chirps.is_empty() {
-                "direct"
-            } else {
-                "bluestein"
-            };
-            println!(
-                "n={n:5} ({:?}, m={m:4}): direct {d:9.2} us, bluestein {c:8.2} us, x{:.2}; {used}",
-                factors(n),
-                d / c
-            );
-            at.insert(n, (d, c));
-        }
-        // The transforms of one group at 3004 x 4006 (scale 1): rows and columns, both ways.
-        let ((d4, c4), (d3, c3)) = (at[&4006], at[&3004]);
-        let group = |t4: f64, t3: f64| 2.0 * (3004.0 * t4 + 4006.0 * t3) / 1e3;
-        let (d, c) = (group(d4, d3), group(c4, c3));
-        println!("one group's FFTs at 3004 x 4006: direct {d:.0} ms, bluestein {c:.0} ms");
     }
 }

@@ -1,0 +1,130 @@
+//! CPU benchmark of the fused kernels' units of work, each on the instruction set this CPU
+//! has ([`converse::ops::simd_level`]):
+//! - `lanes`: the lane FFT per length, and the direct DFT against Bluestein's algorithm for
+//!   lengths with one large prime factor (which of the two the solve takes is marked);
+//! - `solve`: one group's solve at scale 1 (256 x 256, padding 2 and 6), its transfer functions
+//!   made while solving;
+//! - `scaled`: one group's transfer functions at scale 2 (the SR upsamplers: kernel 2);
+//! - `transfer`: one group's transfer-function columns at scale 1 in f64, per kernel size.
+//!
+//! ```sh
+//! cargo bench --bench ops                  # all
+//! cargo bench --bench ops -- lanes solve   # some
+//! ```
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use converse::ops::bench::{factors, GroupSolve, LaneFft, ScaledBuild, TransferColumns};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Seconds per call of `f`: the best of three batches of about 0.1 s each (the machine may be
+/// busy), after one call to warm up.
+fn per_call(mut f: impl FnMut(usize)) -> f64 {
+    let mut batch = |reps: usize| {
+        let t = Instant::now();
+        f(reps);
+        t.elapsed().as_secs_f64() / reps as f64
+    };
+    let once = batch(1);
+    let reps = ((0.1 / once) as usize).clamp(1, 100_000);
+    (0..3).map(|_| batch(reps)).fold(f64::MAX, f64::min)
+}
+
+/// Microseconds per transform (of 8 lines) of `fft`.
+fn fft_us(mut fft: LaneFft) -> f64 {
+    per_call(|reps| fft.run(reps)) * 1e6
+}
+
+fn lanes() {
+    for m in [
+        216, 243, 256, 288, 384, 432, 512, 648, 768, 864, 1024, 1296, 1536, 2048, 3072, 4096,
+    ] {
+        let t = fft_us(LaneFft::new(m));
+        println!(
+            "m={m:5} {:?}: {t:8.2} us, {:.2} ns per point",
+            factors(m),
+            t * 1e3 / (m as f64 * (m as f64).log2())
+        );
+    }
+    let primes = [
+        53, 67, 79, 89, 101, 127, 151, 181, 211, 251, 307, 331, 353, 373, 383, 389, 401, 421, 457,
+        503,
+    ];
+    let photo = [260, 268, 1006, 3004, 3012, 4006];
+    let mut at = HashMap::new();
+    for n in primes.iter().map(|p| 2 * p).chain(photo) {
+        let p = *factors(n).last().unwrap_or(&1);
+        let chirp = LaneFft::with_bluestein_above(n, p - 1);
+        let m = chirp.bluestein_len();
+        let (d, c) = (
+            fft_us(LaneFft::with_bluestein_above(n, usize::MAX)),
+            fft_us(chirp),
+        );
+        let used = if LaneFft::new(n).bluestein_len() == 0 {
+            "direct"
+        } else {
+            "bluestein"
+        };
+        println!(
+            "n={n:5} ({:?}, m={m:4}): direct {d:9.2} us, bluestein {c:8.2} us, x{:.2}; {used}",
+            factors(n),
+            d / c
+        );
+        at.insert(n, (d, c));
+    }
+    // The transforms of one group at 3004 x 4006 (scale 1): rows and columns, both ways.
+    let ((d4, c4), (d3, c3)) = (at[&4006], at[&3004]);
+    let group = |t4: f64, t3: f64| 2.0 * (3004.0 * t4 + 4006.0 * t3) / 1e3;
+    let (d, c) = (group(d4, d3), group(c4, c3));
+    println!("one group's FFTs at 3004 x 4006: direct {d:.0} ms, bluestein {c:.0} ms");
+}
+
+fn solve() -> Res<()> {
+    for (side, pad) in [(256, 2), (256, 6)] {
+        let mut g = GroupSolve::new(side, pad, 3)?;
+        let ms = per_call(|reps| (0..reps).for_each(|_| g.run())) * 1e3;
+        println!("{side}+2*{pad}: {ms:.2} ms per group (transfer functions made while solving)");
+    }
+    Ok(())
+}
+
+fn scaled() -> Res<()> {
+    let mut b = ScaledBuild::new(256, 2, 2, 2)?;
+    let ms = per_call(|reps| (0..reps).for_each(|_| b.run())) * 1e3;
+    println!("s=2 build: {ms:.2} ms per group");
+    Ok(())
+}
+
+fn transfer() -> Res<()> {
+    for (k, hp) in [(7, 268), (5, 136), (3, 260)] {
+        let mut t = TransferColumns::new(hp, k)?;
+        let ms = per_call(|reps| (0..reps).for_each(|_| t.run())) * 1e3;
+        println!("k={k} {hp}x{hp}: {ms:.3} ms per group");
+    }
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    // `cargo bench` passes `--bench`; the other arguments pick parts.
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+    println!("instruction set: {}", converse::ops::simd_level());
+    if wants("lanes") {
+        lanes();
+    }
+    if wants("solve") {
+        solve()?;
+    }
+    if wants("scaled") {
+        scaled()?;
+    }
+    if wants("transfer") {
+        transfer()?;
+    }
+    Ok(())
+}

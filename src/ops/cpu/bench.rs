@@ -1,0 +1,163 @@
+//! Single units of the fused kernels' work, for `benches/ops.rs` to time: a lane FFT, one
+//! group's solve, one group's transfer functions. Not a stable API.
+
+use candle_core::{Device, Result, Tensor};
+
+use super::lanes::{self, Plan};
+use super::simd::{simd_fn, V};
+use super::solve::{Filters, Geometry, Grid, Pool, GROUP};
+use crate::ops::pad::PaddingMode;
+use crate::ops::transfer::{Columns, Taps};
+
+/// The kernels of one group: random `k x k` taps, `λ = 0.01`.
+fn taps(k: usize) -> Result<Taps> {
+    let dev = Device::Cpu;
+    let kernel = Tensor::rand(0f32, 1.0, (1, GROUP, k, k), &dev)?;
+    let lam = Tensor::full(0.01f32, (1, GROUP, 1, 1), &dev)?;
+    Taps::new(&kernel, &lam)
+}
+
+/// The factors of `n` in the order the lane FFT takes them.
+pub fn factors(n: usize) -> Vec<usize> {
+    super::lanes::factors(n)
+}
+
+/// Lane FFTs of one length on fixed input.
+pub struct LaneFft {
+    plan: Plan,
+    x: (Vec<V>, Vec<V>),
+    out: (Vec<V>, Vec<V>),
+    scratch: Vec<V>,
+}
+
+impl LaneFft {
+    /// The plan the solve uses for length `n`.
+    pub fn new(n: usize) -> Self {
+        Self::from_plan(Plan::new(n))
+    }
+
+    /// A plan of length `n` whose odd factors above `above` take Bluestein's algorithm
+    /// (`usize::MAX`: none does).
+    pub fn with_bluestein_above(n: usize, above: usize) -> Self {
+        Self::from_plan(Plan::build(n, above))
+    }
+
+    fn from_plan(plan: Plan) -> Self {
+        let n = plan.len();
+        Self {
+            scratch: vec![V::default(); plan.scratch_len()],
+            x: lanes::signal(n),
+            out: (vec![V::default(); n], vec![V::default(); n]),
+            plan,
+        }
+    }
+
+    /// The length of Bluestein's sub-transforms, 0 where the plan takes none.
+    pub fn bluestein_len(&self) -> usize {
+        self.plan.bluestein_len()
+    }
+
+    /// Runs `reps` forward transforms.
+    pub fn run(&mut self, reps: usize) {
+        let (re, im) = &mut self.out;
+        transforms(&self.plan, &self.x, (re, im), &mut self.scratch, reps);
+        std::hint::black_box(&self.out);
+    }
+}
+
+simd_fn! {
+    fn transforms(
+        s,
+        plan: &Plan,
+        x: &(Vec<V>, Vec<V>),
+        out: (&mut [V], &mut [V]),
+        scratch: &mut [V],
+        reps: usize,
+    ) {
+        let (re, im) = out;
+        for _ in 0..reps {
+            plan.forward(s, (&x.0, &x.1), (0, 1), (&mut *re, &mut *im), scratch);
+        }
+    }
+}
+
+/// One group's solve at scale 1 on `side x side` planes padded by `pad`: load, padding, the
+/// solve with its transfer functions made while solving, GELU.
+pub struct GroupSolve {
+    geo: Geometry,
+    taps: Taps,
+    pool: Pool,
+    grid: Grid,
+    planes: Vec<f32>,
+}
+
+impl GroupSolve {
+    pub fn new(side: usize, pad: usize, k: usize) -> Result<Self> {
+        let geo = Geometry::new((side, side), pad, 1, PaddingMode::Circular);
+        let pool = Pool::default();
+        Ok(Self {
+            grid: Grid::new(&geo, &pool),
+            taps: taps(k)?,
+            planes: vec![0.5; GROUP * side * side],
+            geo,
+            pool,
+        })
+    }
+
+    pub fn run(&mut self) {
+        let (geo, grid) = (&self.geo, &mut self.grid);
+        grid.load(geo, &self.planes, GROUP);
+        grid.fill_padding(geo);
+        let mut f = Filters(&self.taps).group(geo, 0, 0, &self.pool);
+        grid.solve(geo, &mut f, true);
+        f.release(&self.pool);
+    }
+}
+
+/// One group's transfer functions at scale `s > 1` (every phase) on `side x side` planes
+/// padded by `pad`.
+pub struct ScaledBuild {
+    geo: Geometry,
+    taps: Taps,
+    pool: Pool,
+}
+
+impl ScaledBuild {
+    pub fn new(side: usize, pad: usize, k: usize, s: usize) -> Result<Self> {
+        Ok(Self {
+            geo: Geometry::new((side, side), pad, s, PaddingMode::Replicate),
+            taps: taps(k)?,
+            pool: Pool::default(),
+        })
+    }
+
+    pub fn run(&mut self) {
+        Filters(&self.taps)
+            .group(&self.geo, 0, 0, &self.pool)
+            .release(&self.pool);
+    }
+}
+
+/// One group's transfer functions at scale 1 on a `side x side` grid, every frequency column,
+/// in f64 (before the solve puts them in the lane layout).
+pub struct TransferColumns {
+    taps: Taps,
+    side: usize,
+}
+
+impl TransferColumns {
+    pub fn new(side: usize, k: usize) -> Result<Self> {
+        Ok(Self {
+            taps: taps(k)?,
+            side,
+        })
+    }
+
+    pub fn run(&mut self) {
+        let chans: Vec<usize> = (0..GROUP).collect();
+        let mut cols = Columns::new(&self.taps, 0, &chans, (self.side, self.side));
+        for v in 0..self.side / 2 + 1 {
+            std::hint::black_box(cols.column(v));
+        }
+    }
+}

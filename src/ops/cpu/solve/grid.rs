@@ -1,0 +1,314 @@
+//! The geometry of a solve, the buffers of one group in flight and the transposes between
+//! channel rows and lanes.
+
+use super::pool::Pool;
+use super::GROUP;
+use crate::ops::cpu::lanes::Plan;
+use crate::ops::cpu::simd::{simd_fn, LANES, V};
+use crate::ops::pad::PaddingMode;
+use crate::ops::profile;
+
+/// The geometry of one solve: input planes `(h, w)` padded by `pad` to `(hp, wp)`, solved on
+/// that grid (one phase at a time at scale `s`) and cropped to `(s*h, s*w)`.
+#[derive(Debug)]
+pub(crate) struct Geometry {
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(super) pad: usize,
+    pub(crate) s: usize,
+    pub(crate) hp: usize,
+    pub(crate) wp: usize,
+    /// Padding sources of the rows and columns.
+    pub(super) rows: Vec<Option<usize>>,
+    pub(super) cols: Vec<Option<usize>>,
+    pub(super) plan_h: Plan,
+    pub(super) plan_w: Plan,
+}
+
+impl Geometry {
+    pub(crate) fn new((h, w): (usize, usize), pad: usize, s: usize, mode: PaddingMode) -> Self {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        Self {
+            h,
+            w,
+            pad,
+            s,
+            hp,
+            wp,
+            rows: mode.sources(h, pad),
+            cols: mode.sources(w, pad),
+            plan_h: Plan::new(hp),
+            plan_w: Plan::new(wp),
+        }
+    }
+
+    /// Vectors of one phase's transfer function: four per frequency of the half grid.
+    pub(super) fn phase_len(&self) -> usize {
+        4 * self.hp * (self.wp / 2 + 1)
+    }
+
+    /// Vectors of one group's transfer functions (all `s x s` phases).
+    pub(crate) fn filter_len(&self) -> usize {
+        self.s * self.s * self.phase_len()
+    }
+
+    /// Fits the [`Pool`] to the buffers a solve of this geometry takes: grids, and at `s > 1`
+    /// transfer functions (at scale 1 they are made a column at a time while solving).
+    pub(crate) fn fit_pool(&self, pool: &Pool) {
+        let filters = if self.s > 1 { self.filter_len() } else { 0 };
+        pool.fit(&[self.hp * self.wp, filters]);
+    }
+
+    /// Where input pixel `(i, j)` lies in the padded grid (and, at scale 1, output pixel
+    /// `(i, j)` after the solve).
+    #[inline(always)]
+    pub(crate) fn inner(&self, i: usize, j: usize) -> usize {
+        (i + self.pad) * self.wp + self.pad + j
+    }
+
+    /// Nominal FFT flops of solving `planes` planes (for the op timers).
+    pub(crate) fn flops(&self, planes: usize) -> f64 {
+        profile::fft_flops(planes, self.s * self.hp, self.s * self.wp)
+    }
+}
+
+/// The buffers of one group in flight, from the [`Pool`]: the padded grid, at `s > 1` a second
+/// grid for the phases, and a line of each.
+pub(crate) struct Grid {
+    pub(super) re: Vec<V>,
+    pub(super) im: Vec<V>,
+    pub(super) phase_re: Vec<V>,
+    pub(super) phase_im: Vec<V>,
+    pub(super) line_re: Vec<V>,
+    pub(super) line_im: Vec<V>,
+    /// At scale 1, the spectra of a column pair `(v, -v)`, one after the other.
+    pub(super) pair_re: Vec<V>,
+    pub(super) pair_im: Vec<V>,
+    pub(super) scratch: Vec<V>,
+    /// A frequency column of a transfer function made while solving.
+    pub(super) column: Vec<V>,
+}
+
+impl Grid {
+    pub(crate) fn new(geo: &Geometry, pool: &Pool) -> Self {
+        let n = geo.hp * geo.wp;
+        let (phase, pair) = if geo.s > 1 { (n, 0) } else { (0, 2 * geo.hp) };
+        let line = geo.hp.max(geo.wp);
+        let scratch = geo.plan_h.scratch_len().max(geo.plan_w.scratch_len());
+        Self {
+            re: pool.take(n),
+            im: pool.take(n),
+            phase_re: pool.take(phase),
+            phase_im: pool.take(phase),
+            line_re: vec![V::default(); line],
+            line_im: vec![V::default(); line],
+            pair_re: vec![V::default(); pair],
+            pair_im: vec![V::default(); pair],
+            scratch: vec![V::default(); scratch],
+            column: vec![V::default(); 4 * geo.hp],
+        }
+    }
+
+    pub(crate) fn give_back(self, pool: &Pool) {
+        for v in [self.re, self.im, self.phase_re, self.phase_im] {
+            pool.give(v);
+        }
+    }
+
+    /// The grid's vectors, for the caller to cut into interior segments.
+    pub(crate) fn interior_mut(&mut self) -> (&mut [V], &mut [V]) {
+        (&mut self.re, &mut self.im)
+    }
+
+    /// Reads the lanes `0..count` of the grid points `k..k + len` into rows of `h` (rows
+    /// `stride` apart), columns `j..j + len`.
+    pub(crate) fn get_rows(
+        &self,
+        k: usize,
+        h: &mut [f32],
+        stride: usize,
+        j: usize,
+        len: usize,
+        count: usize,
+    ) {
+        let lanes = (&self.re[k..][..len], &self.im[k..][..len]);
+        lanes_to_rows(lanes, &mut h[j..], stride, count);
+    }
+
+    /// Writes `count` planes `(h, w)` into the interior of the grid, zeros in the unused lanes.
+    pub(crate) fn load(&mut self, geo: &Geometry, planes: &[f32], count: usize) {
+        let hw = geo.h * geo.w;
+        for i in 0..geo.h {
+            let at = geo.inner(i, 0);
+            let lanes = (&mut self.re[at..][..geo.w], &mut self.im[at..][..geo.w]);
+            rows_to_lanes(lanes, &planes[i * geo.w..], hw, count);
+        }
+    }
+
+    /// Fills the padding of the grid from its interior.
+    pub(crate) fn fill_padding(&mut self, geo: &Geometry) {
+        let (pad, w, wp) = (geo.pad, geo.w, geo.wp);
+        for i in pad..pad + geo.h {
+            let (gr, gi) = (&mut self.re[i * wp..][..wp], &mut self.im[i * wp..][..wp]);
+            for (j, col) in geo.cols.iter().enumerate() {
+                if j < pad || j >= pad + w {
+                    (gr[j], gi[j]) = match *col {
+                        Some(c) => (gr[pad + c], gi[pad + c]),
+                        None => (V::default(), V::default()),
+                    };
+                }
+            }
+        }
+        for (i, row) in geo.rows.iter().enumerate() {
+            if i >= pad && i < pad + geo.h {
+                continue;
+            }
+            match *row {
+                Some(r) => {
+                    let src = (r + pad) * wp;
+                    self.re.copy_within(src..src + wp, i * wp);
+                    self.im.copy_within(src..src + wp, i * wp);
+                }
+                None => {
+                    self.re[i * wp..][..wp].fill(V::default());
+                    self.im[i * wp..][..wp].fill(V::default());
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Lanes from rows: channel `q < count` of point `x` (lane `q / 2` of `re` for even `q`, of
+    /// `im` for odd) is `rows[q * stride + x]`; the unused lanes are zero. The reference for the
+    /// transposes is the loop the portable build runs at `count < GROUP`.
+    pub(crate) fn rows_to_lanes(
+        s,
+        lanes: (&mut [V], &mut [V]),
+        rows: &[f32],
+        stride: usize,
+        count: usize,
+    ) {
+        let (re, im) = lanes;
+        let (n, full) = (re.len(), transposed(re.len(), count));
+        for x in (0..full).step_by(LANES) {
+            let (mut even, mut odd) = ([V::default(); LANES], [V::default(); LANES]);
+            for l in 0..LANES {
+                even[l] = load_v(rows, 2 * l * stride + x);
+                odd[l] = load_v(rows, (2 * l + 1) * stride + x);
+            }
+            re[x..x + LANES].copy_from_slice(&s.transpose(even));
+            im[x..x + LANES].copy_from_slice(&s.transpose(odd));
+        }
+        let (re, im) = (&mut re[full..], &mut im[full..]);
+        if count < GROUP {
+            re.fill(V::default());
+            im.fill(V::default());
+        }
+        for q in 0..count {
+            let dst = if q % 2 == 0 { &mut *re } else { &mut *im };
+            for (d, v) in dst.iter_mut().zip(&rows[q * stride + full..][..n - full]) {
+                d.0[q / 2] = *v;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Rows from lanes, the inverse of [`rows_to_lanes`] for the channels `q < count`.
+    pub(crate) fn lanes_to_rows(
+        s,
+        lanes: (&[V], &[V]),
+        rows: &mut [f32],
+        stride: usize,
+        count: usize,
+    ) {
+        let (re, im) = lanes;
+        let (n, full) = (re.len(), transposed(re.len(), count));
+        for x in (0..full).step_by(LANES) {
+            let even = s.transpose(re[x..x + LANES].try_into().unwrap());
+            let odd = s.transpose(im[x..x + LANES].try_into().unwrap());
+            for l in 0..LANES {
+                store_v(rows, 2 * l * stride + x, even[l]);
+                store_v(rows, (2 * l + 1) * stride + x, odd[l]);
+            }
+        }
+        for q in 0..count {
+            let src = if q % 2 == 0 { &re[full..] } else { &im[full..] };
+            for (d, v) in rows[q * stride + full..][..n - full].iter_mut().zip(src) {
+                *d = v.0[q / 2];
+            }
+        }
+    }
+}
+
+/// How many of `n` points the transposes move: whole vectors, and only for full groups (the
+/// rest take the plain loop).
+#[inline(always)]
+fn transposed(n: usize, count: usize) -> usize {
+    if count == GROUP {
+        n / LANES * LANES
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn load_v(x: &[f32], at: usize) -> V {
+    V(x[at..at + LANES].try_into().unwrap())
+}
+
+#[inline(always)]
+fn store_v(x: &mut [f32], at: usize, v: V) {
+    x[at..at + LANES].copy_from_slice(&v.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::cpu::simd::Isa;
+
+    /// The transposes between rows and lanes against plain indexing, on every path the CPU
+    /// has (AVX-512, AVX2, portable), for full and partial groups and lengths that are not a
+    /// multiple of the vector width.
+    #[test]
+    fn rows_and_lanes_round_trip() {
+        let stride = 37;
+        let rows: Vec<f32> = (0..GROUP * stride).map(|i| i as f32 + 0.5).collect();
+        for isa in Isa::available() {
+            isa.run(|| round_trips(&rows, stride, isa));
+        }
+    }
+
+    fn round_trips(rows: &[f32], stride: usize, isa: Isa) {
+        for n in [1, 7, 8, 9, 16, 29] {
+            for count in [GROUP, GROUP - 1, 3, 1] {
+                let mut re = vec![V([9.0; LANES]); n];
+                let mut im = re.clone();
+                rows_to_lanes((&mut re, &mut im), &rows[2..], stride, count);
+                for x in 0..n {
+                    for q in 0..GROUP {
+                        let v = if q % 2 == 0 { re[x] } else { im[x] };
+                        let want = if q < count {
+                            rows[2 + q * stride + x]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(v.0[q / 2], want, "{isa:?} n {n} count {count} x {x} q {q}");
+                    }
+                }
+                let mut back = vec![-1.0f32; rows.len()];
+                lanes_to_rows((&re, &im), &mut back[2..], stride, count);
+                for (i, (b, want)) in back.iter().zip(rows).enumerate() {
+                    let r = i.wrapping_sub(2);
+                    let written = i >= 2 && r / stride < count && r % stride < n;
+                    assert_eq!(
+                        *b,
+                        if written { *want } else { -1.0 },
+                        "{isa:?} n {n} count {count} at {i}"
+                    );
+                }
+            }
+        }
+    }
+}
