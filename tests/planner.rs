@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{converse, stderr, stdout, write_image};
-use converse::restore::{Options, Task};
+use converse::models::Task;
+use converse::restore::Options;
 
 /// Runs `cmd` to the end; returns its peak resident memory (VmHWM) in bytes.
 #[cfg(target_os = "linux")]
