@@ -11,6 +11,7 @@ use converse::restore::Options;
 
 /// Runs `cmd` to the end; returns its peak resident memory (VmHWM) in bytes.
 #[cfg(target_os = "linux")]
+#[allow(clippy::zombie_processes)] // wait4 below reaps the child and reads its peak
 fn peak_rss(cmd: &mut Command, log: &Path) -> u64 {
     let child = cmd
         .stdout(Stdio::null())

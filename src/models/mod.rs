@@ -73,8 +73,8 @@ impl Task {
         }
     }
 
-    /// The model for the task: the registered one whose [`ModelInfo::task`] it is and that
-    /// takes a kernel exactly when `with_kernel`.
+    /// The model for the task: the registered one whose [`ModelInfo::task`] it is, the one that
+    /// takes a kernel exactly when `with_kernel` if there are two.
     pub fn model(self, with_kernel: bool) -> ModelKind {
         ModelKind::ALL
             .into_iter()
@@ -364,7 +364,8 @@ impl Model {
             _ => {}
         }
         let y = self.net.run(x, kernel, on_block)?;
-        // From the second call on, inputs of a size seen before reuse the transfer functions.
+        // After the first call, the layers keep the transfer functions they build (within the
+        // budget of `Converse2d::keep_transfer_functions`).
         for layer in self.converse_layers() {
             layer.keep_transfer_functions(true);
         }

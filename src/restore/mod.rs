@@ -186,7 +186,7 @@ impl Restorer {
         let plan = self.options.plan(kind, (ph, pw, c));
         let model = |x: &Tensor| self.model.run(x, self.kernel.as_ref(), on_block);
         let y = run_tiled(&x, plan.tiling, s, |tile| match self.options.x8 {
-            true => ensemble::x8(tile, &model),
+            true => ensemble::x8(tile, model),
             false => model(tile),
         })?;
         let y = y.narrow(2, 0, h * s)?.narrow(3, 0, w * s)?;
