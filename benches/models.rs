@@ -125,7 +125,9 @@ fn child(name: &str) -> Res<String> {
     let dev = Device::Cpu;
     let model = WeightsLocator::new(Some(&weights_dir())).load(kind, DType::F32, &dev)?;
     let x = Tensor::rand(0f32, 1.0, (1, c, side, side), &dev)?;
-    let k = (kind == ModelKind::USRNet)
+    let k = kind
+        .info()
+        .takes_kernel
         .then(|| -> candle_core::Result<Tensor> {
             let k = Tensor::rand(0f32, 1.0, (1, 1, 7, 7), &dev)?;
             k.broadcast_div(&k.sum_all()?)
@@ -241,11 +243,7 @@ fn cold(name: &str, kind: ModelKind, c: usize, side: usize) -> Res<String> {
         .unwrap_or(3);
     let input = input_image(name, c, side)?;
     let output = input.with_file_name(format!("{name}-out.png"));
-    let task = match kind {
-        ModelKind::DnCNN => "denoise",
-        ModelKind::SRResNet => "sr",
-        _ => "deblur",
-    };
+    let task = kind.info().task.name();
     let official = std::env::var("CONVERSE_OFFICIAL")
         .ok()
         .zip(std::env::var("CONVERSE_OFFICIAL_SCRIPT").ok());
@@ -260,7 +258,7 @@ fn cold(name: &str, kind: ModelKind, c: usize, side: usize) -> Res<String> {
             .arg(&input)
             .arg("-o")
             .arg(&output);
-        if kind == ModelKind::USRNet {
+        if kind.info().takes_kernel {
             cmd.args(["--kernel", "gaussian:1.6"]);
         }
         let (wall, rss, _) = measure(&mut cmd)?;

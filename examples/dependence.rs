@@ -35,8 +35,8 @@ fn main() -> anyhow::Result<()> {
     let locator = WeightsLocator::new(Some(&shared.join("weights")));
     for kind in ModelKind::ALL {
         let model = locator.load(kind, DType::F32, &dev)?;
-        let c = if kind == ModelKind::DnCNN { 1 } else { 3 };
-        let kernel = (kind == ModelKind::USRNet).then_some(&k);
+        let c = kind.info().channels;
+        let kernel = kind.info().takes_kernel.then_some(&k);
         let x = Tensor::from_vec(crop(c), (1, c, side, side), &dev)?;
         let inner = side - 2 * margin;
         let whole = model.forward(&x, kernel)?;

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use converse::device::DeviceSpec;
 use converse::image_io::{self, Format};
-use converse::restore::Task;
+use converse::models::Task;
 use converse::shard::ShardSpec;
 
 /// Restore images with the released ConverseNet models: denoise, x4 SR, deblur.
@@ -31,6 +32,18 @@ pub fn command() -> clap::Command {
 pub fn parse() -> Cli {
     use clap::FromArgMatches;
     Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses one of a library enum's values by its name: the library's types carry no clap.
+fn one_of<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(all.iter().map(|v| name(*v))).map(move |s| {
+        *all.iter()
+            .find(|v| name(**v) == s)
+            .expect("the parser accepts only these names")
+    })
 }
 
 #[derive(Subcommand)]
@@ -114,7 +127,7 @@ pub struct DemoArgs {
 #[derive(Args)]
 pub struct RestoreArgs {
     /// What to do: denoise, sr (x4) or deblur.
-    #[arg(long, value_enum, hide_possible_values = true)]
+    #[arg(long, value_parser = one_of(&Task::ALL, Task::name), hide_possible_values = true)]
     pub task: Task,
     /// An image, or a folder of images.
     #[arg(short, long, value_name = "IN")]
@@ -144,7 +157,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// png, jpeg, bmp, tiff or webp (default: by extension).
-    #[arg(long, value_enum, hide_possible_values = true)]
+    #[arg(long, value_parser = one_of(&Format::ALL, Format::name), hide_possible_values = true)]
     pub format: Option<Format>,
     /// JPEG quality, 1 to 100.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
@@ -198,7 +211,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 #[derive(Args)]
 pub struct EvalArgs {
     /// denoise, sr or deblur.
-    #[arg(long, value_enum, hide_possible_values = true)]
+    #[arg(long, value_parser = one_of(&Task::ALL, Task::name), hide_possible_values = true)]
     pub task: Task,
     /// Folder of clean images (searched recursively).
     #[arg(long, value_name = "DIR")]
@@ -237,7 +250,7 @@ pub struct EvalArgs {
 #[derive(Args)]
 pub struct DegradeArgs {
     /// denoise, sr or deblur.
-    #[arg(long, value_enum, hide_possible_values = true)]
+    #[arg(long, value_parser = one_of(&Task::ALL, Task::name), hide_possible_values = true)]
     pub task: Task,
     /// An image or a folder of images.
     #[arg(short, long, value_name = "IN")]

@@ -12,7 +12,7 @@ use crate::eval::run::save_u8;
 use crate::files::Existing;
 use crate::image_io::resize::imresize;
 use crate::kernel;
-use crate::restore::Task;
+use crate::models::Task;
 use crate::weights::WeightsLocator;
 
 /// Side of the synthetic image.
@@ -223,10 +223,7 @@ pub fn run(
         let d = deg.apply(&img, 0)?;
         let model = locator.load(task.model(with_kernel), DType::F32, device)?;
         let k = with_kernel
-            .then(|| {
-                let v: Vec<f32> = gaussian.data.iter().map(|v| *v as f32).collect();
-                candle_core::Tensor::from_vec(v, (1, 1, 7, 7), device)
-            })
+            .then(|| gaussian.to_tensor(device))
             .transpose()?;
         let y = model
             .forward(&to_tensor(&d.input, device)?, k.as_ref())

@@ -40,16 +40,25 @@ pub fn checkpoint_url(kind: ModelKind) -> String {
     }
 }
 
+/// Follows a download: called with the file's name and size (when known) as it starts, it
+/// returns what is then called with the bytes of each piece received.
+pub type Progress = fn(&str, Option<u64>) -> Box<dyn Fn(u64)>;
+
 /// Downloads `kind`'s checkpoint from `url` into `dir/<id>.pth` (creating `dir`) through the
-/// one write helper, checks its sha256 before it takes its name, and returns the path. On any
+/// one write helper, reporting to `progress` if given, checks its sha256 before it takes its name, and returns the path. On any
 /// error nothing is left in `dir`; a download killed midway leaves a temporary file that the
 /// next sweep of `dir` removes.
-pub fn fetch(kind: ModelKind, url: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn fetch(
+    kind: ModelKind,
+    url: &str,
+    dir: &Path,
+    progress: Option<Progress>,
+) -> anyhow::Result<PathBuf> {
     let name = format!("{}.pth", kind.id());
     let dest = dir.join(&name);
     crate::files::sweep(dir);
     let written = crate::files::write_with(&dest, crate::files::Existing::Keep, |file| {
-        let got = download(url, file, &name)?;
+        let got = download(url, file, &name, progress)?;
         let expected = kind.sha256();
         if got != expected {
             bail!(
@@ -70,8 +79,13 @@ pub fn fetch(kind: ModelKind, url: &str, dir: &Path) -> anyhow::Result<PathBuf> 
     }
 }
 
-/// Streams `url` into `file`, with a progress bar labelled `label`, and returns its sha256.
-fn download(url: &str, file: &mut std::fs::File, label: &str) -> anyhow::Result<String> {
+/// Streams `url` into `file`, reporting to `progress` under `label`, and returns its sha256.
+fn download(
+    url: &str,
+    file: &mut std::fs::File,
+    label: &str,
+    progress: Option<Progress>,
+) -> anyhow::Result<String> {
     let mut config = ureq::Agent::config_builder()
         .timeout_resolve(Some(CONNECT_TIMEOUT))
         .timeout_connect(Some(CONNECT_TIMEOUT))
@@ -95,7 +109,7 @@ fn download(url: &str, file: &mut std::fs::File, label: &str) -> anyhow::Result<
     let total = body.content_length();
     let mut reader = body.into_with_config().limit(MAX_BYTES).reader();
     let mut hash = Sha256::new();
-    let pb = crate::progress::bytes_bar(total, label.to_owned());
+    let advance = progress.map(|start| start(label, total));
     let mut buf = vec![0u8; 1 << 16];
     let mut done: u64 = 0;
     loop {
@@ -112,7 +126,9 @@ fn download(url: &str, file: &mut std::fs::File, label: &str) -> anyhow::Result<
             .with_context(|| format!("cannot write the download of '{label}'"))?;
         hash.update(&buf[..n]);
         done += n as u64;
-        pb.inc(n as u64);
+        if let Some(advance) = &advance {
+            advance(n as u64)
+        }
     }
     Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

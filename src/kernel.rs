@@ -23,6 +23,12 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The kernel as the `(1, 1, h, w)` float32 tensor the models take.
+    pub fn to_tensor(&self, dev: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+        let v: Vec<f32> = self.data.iter().map(|v| *v as f32).collect();
+        candle_core::Tensor::from_vec(v, (1, 1, self.height, self.width), dev)
+    }
+
     pub fn new(height: usize, width: usize, data: Vec<f64>) -> anyhow::Result<Self> {
         if height == 0 || width == 0 || data.len() != height * width {
             bail!("a kernel needs at least one value (got {height}x{width})")

@@ -32,12 +32,12 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod plan;
-pub mod progress;
 pub mod report;
 pub mod resources;
 pub mod restore;
 pub mod shard;
+pub mod tiling;
 pub mod verify;
 pub mod weights;
 
-pub use models::{Model, ModelKind};
+pub use models::{Model, ModelKind, Task};

@@ -1,4 +1,5 @@
-//! How much memory a restore takes, and the tiling that keeps it within a budget.
+//! How much memory a restore takes, and the tiling ([`crate::tiling`]) that keeps it within a
+//! budget.
 //!
 //! The estimate models the fused CPU path, with constants fitted to measured peaks (VmHWM of
 //! whole `converse restore` runs at several sizes and thread counts; `tests/planner.rs` checks
@@ -11,6 +12,7 @@
 
 use crate::models::ModelKind;
 use crate::ops::cpu::branch::GRID_BUDGET;
+use crate::tiling::{Tiling, MIN_TILE};
 
 /// The process, weights and libraries, measured on a 16x16 image (17-21 MiB), rounded up.
 pub const BASE: u64 = 24 << 20;
@@ -21,41 +23,9 @@ const GRID_BYTES_PER_PX: u64 = 64;
 /// Hidden channels of a `ConverseBlock` (2 x 64 features), 16 to a group.
 const GROUPS: u64 = 8;
 
-/// Feature-map bytes per pixel of the working resolution (the output's, for SR), fitted to the
-/// peaks measured at 128x128 to 1536x1152 (the largest ratio seen, rounded up).
-fn feature_bytes_per_px(kind: ModelKind) -> u64 {
-    match kind {
-        ModelKind::DnCNN | ModelKind::SRResNet => 615,
-        ModelKind::ConverseNet | ModelKind::USRNet => 575,
-    }
-}
-
-/// Padding of the blocks' Converse2D layers, which the solve grids add around the image.
-fn block_padding(kind: ModelKind) -> usize {
-    match kind {
-        ModelKind::DnCNN => 6,
-        ModelKind::SRResNet => 4,
-        ModelKind::ConverseNet | ModelKind::USRNet => 2,
-    }
-}
-
-/// How far, in input pixels, a model's output depends on its input: the tiles' overlap.
-/// Converse2D solves act over the whole image, so the dependence only fades. Measured with
-/// `cargo run --release --example dependence`: cutting a 480x480 image at 48 px from each side
-/// moves no output by half an 8-bit level beyond 127 px (DnCNN) and 104 px (ConverseNet);
-/// SRResNet and USRNet (whose data step is circular over the whole image) still moved outputs
-/// by 2.9 and 9.7 levels at 128 px, the farthest that crop could tell, so they get 192.
-pub fn reach(kind: ModelKind) -> usize {
-    match kind {
-        ModelKind::DnCNN => 128,
-        ModelKind::ConverseNet => 112,
-        ModelKind::SRResNet | ModelKind::USRNet => 192,
-    }
-}
-
 /// What one image asks of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Job {
+pub struct Workload {
     pub kind: ModelKind,
     /// Input size.
     pub height: usize,
@@ -73,22 +43,23 @@ pub struct Job {
 pub fn model_peak(kind: ModelKind, (h, w): (usize, usize), scale: usize, threads: usize) -> u64 {
     let (ho, wo) = (h * scale, w * scale);
     let px = (ho * wo) as u64;
-    let pad = block_padding(kind);
+    let info = kind.info();
+    let pad = info.block_padding;
     let grid = ((ho + 2 * pad) * (wo + 2 * pad)) as u64 * GRID_BYTES_PER_PX;
     let in_flight = (GRID_BUDGET as u64 / grid.max(1))
         .max(threads as u64)
         .clamp(1, GROUPS);
-    let fitted = BASE + px * feature_bytes_per_px(kind) + in_flight * grid;
+    let fitted = BASE + px * info.feature_bytes_per_px + in_flight * grid;
     (fitted as f64 * MARGIN) as u64
 }
 
 /// Whole-image buffers beyond one model run: the picture in f32, the output, and, when tiled,
 /// the blending sums; for a colour denoise (three gray runs) the planes done so far.
-fn image_bytes(job: &Job, tiled: bool) -> u64 {
+fn image_bytes(job: &Workload, tiled: bool) -> u64 {
     let (px, c) = ((job.height * job.width) as u64, job.channels as u64);
     let px_out = px * (job.scale * job.scale) as u64;
     let mut bytes = 0;
-    if job.kind == ModelKind::DnCNN && c == 3 {
+    if job.kind.info().channels == 1 && c == 3 {
         bytes += 2 * c * 4 * px;
     }
     if job.x8 {
@@ -100,51 +71,9 @@ fn image_bytes(job: &Job, tiled: bool) -> u64 {
     bytes
 }
 
-/// How an image is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tiling {
-    /// In one piece: exact.
-    Whole,
-    /// In `rows x cols` tiles of up to `tile` (height, width) input pixels, `overlap` apart.
-    Tiles {
-        tile: (usize, usize),
-        overlap: usize,
-        rows: usize,
-        cols: usize,
-    },
-}
-
-impl Tiling {
-    /// How many model runs the tiling makes.
-    pub fn count(&self) -> usize {
-        match self {
-            Self::Whole => 1,
-            Self::Tiles { rows, cols, .. } => rows * cols,
-        }
-    }
-}
-
-impl std::fmt::Display for Tiling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Whole => write!(f, "whole"),
-            Self::Tiles {
-                tile: (th, tw),
-                overlap,
-                rows,
-                cols,
-            } => write!(
-                f,
-                "{} tiles ({rows}x{cols}) of up to {tw}x{th}, overlap {overlap}",
-                rows * cols
-            ),
-        }
-    }
-}
-
 /// A plan for one image: its tiling and the estimated peak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub struct TilePlan {
     pub tiling: Tiling,
     pub peak: u64,
 }
@@ -154,23 +83,20 @@ pub struct Plan {
 pub struct TileRequest {
     /// Tile side: `None` from the budget, `Some(0)` never.
     pub tile: Option<usize>,
-    /// Overlap: `None` for the model's [`reach`].
+    /// Overlap: `None` for the model's [`reach`](crate::models::ModelInfo::reach).
     pub overlap: Option<usize>,
     /// Bytes one image may take.
     pub budget: u64,
 }
 
-/// Smallest tile side.
-pub const MIN_TILE: usize = 64;
-
 /// Plans `job` within the request, for `threads` worker threads: whole when it fits (or with
 /// `--tile 0`), else tiles as large as the budget allows, balanced over the image.
-pub fn plan(job: &Job, req: &TileRequest, threads: usize) -> Plan {
+pub fn plan_tiles(job: &Workload, req: &TileRequest, threads: usize) -> TilePlan {
     let (h, w) = (job.height, job.width);
     let peak_of = |th: usize, tw: usize, tiled: bool| {
         model_peak(job.kind, (th, tw), job.scale, threads) + image_bytes(job, tiled)
     };
-    let whole = Plan {
+    let whole = TilePlan {
         tiling: Tiling::Whole,
         peak: peak_of(h, w, false),
     };
@@ -178,8 +104,8 @@ pub fn plan(job: &Job, req: &TileRequest, threads: usize) -> Plan {
     // of it.
     let overlap = match (req.overlap, req.tile) {
         (Some(o), _) => o,
-        (None, Some(t)) if t > 0 => reach(job.kind).min(t / 4),
-        (None, _) => reach(job.kind),
+        (None, Some(t)) if t > 0 => job.kind.info().reach.min(t / 4),
+        (None, _) => job.kind.info().reach,
     };
     let side = match req.tile {
         Some(0) => return whole,
@@ -199,31 +125,14 @@ pub fn plan(job: &Job, req: &TileRequest, threads: usize) -> Plan {
             lo
         }
     };
-    if side >= h && side >= w {
+    let tiling = Tiling::balanced((h, w), side, overlap);
+    let Tiling::Tiles { tile: (th, tw), .. } = tiling else {
         return whole;
-    }
-    let (rows, th) = balance(h, side, overlap);
-    let (cols, tw) = balance(w, side, overlap);
-    Plan {
-        tiling: Tiling::Tiles {
-            tile: (th, tw),
-            overlap,
-            rows,
-            cols,
-        },
+    };
+    TilePlan {
+        tiling,
         peak: peak_of(th, tw, true),
     }
-}
-
-/// Tiles along a side of `n` with tiles of at most `max` overlapping by `overlap`: how many,
-/// and the even size that covers the side with that many.
-fn balance(n: usize, max: usize, overlap: usize) -> (usize, usize) {
-    if n <= max {
-        return (1, n);
-    }
-    let count = (n - overlap).div_ceil(max - overlap);
-    let size = (n + (count - 1) * overlap).div_ceil(count);
-    (count, size.min(n))
 }
 
 /// `2.5 GiB`, `740 MiB`.
@@ -240,13 +149,13 @@ pub fn human(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    fn job(kind: ModelKind, h: usize, w: usize) -> Job {
-        Job {
+    fn job(kind: ModelKind, h: usize, w: usize) -> Workload {
+        Workload {
             kind,
             height: h,
             width: w,
             channels: 3,
-            scale: if kind == ModelKind::SRResNet { 4 } else { 1 },
+            scale: kind.scale(),
             x8: false,
         }
     }
@@ -264,7 +173,7 @@ mod tests {
         // Two threads, as here and in CI; each further thread adds a grid (770 MB at this
         // size), up to eight.
         for kind in [ModelKind::DnCNN, ModelKind::ConverseNet, ModelKind::USRNet] {
-            let p = plan(&job(kind, 3000, 4000), &req(12 << 30), 2);
+            let p = plan_tiles(&job(kind, 3000, 4000), &req(12 << 30), 2);
             assert_eq!(p.tiling, Tiling::Whole, "{kind}");
             assert!(p.peak <= 12 << 30, "{kind}: {}", human(p.peak));
         }
@@ -280,7 +189,7 @@ mod tests {
             } else {
                 600 << 20
             };
-            let p = plan(&j, &req(budget), 2);
+            let p = plan_tiles(&j, &req(budget), 2);
             let Tiling::Tiles {
                 tile: (th, tw),
                 overlap,
@@ -291,7 +200,7 @@ mod tests {
                 panic!("{kind}: whole at {}", human(budget))
             };
             assert!(p.peak <= budget, "{kind}: {}", human(p.peak));
-            assert_eq!(overlap, reach(kind));
+            assert_eq!(overlap, kind.info().reach);
             // Covered, and by as few tiles as fit: one row or column fewer would not.
             assert!(rows * (th - overlap) + overlap >= 2000);
             assert!(cols * (tw - overlap) + overlap >= 3000);
@@ -318,13 +227,13 @@ mod tests {
             overlap: None,
             budget: 1,
         };
-        assert_eq!(plan(&j, &never, 2).tiling, Tiling::Whole);
+        assert_eq!(plan_tiles(&j, &never, 2).tiling, Tiling::Whole);
         let fixed = TileRequest {
             tile: Some(400),
             overlap: Some(20),
             budget: 1,
         };
-        let t = plan(&j, &fixed, 2).tiling;
+        let t = plan_tiles(&j, &fixed, 2).tiling;
         assert_eq!(t.count(), 9);
         assert_eq!(t.to_string(), "9 tiles (3x3) of up to 347x347, overlap 20");
         let small = TileRequest {
@@ -333,10 +242,8 @@ mod tests {
             budget: 1,
         };
         assert_eq!(
-            plan(&j, &small, 2).tiling.to_string(),
+            plan_tiles(&j, &small, 2).tiling.to_string(),
             "169 tiles (13x13) of up to 100x100, overlap 25"
         );
-        assert_eq!(balance(100, 100, 10), (1, 100));
-        assert_eq!(balance(250, 100, 20), (3, 97));
     }
 }

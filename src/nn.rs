@@ -216,14 +216,21 @@ impl ConverseBlock {
     }
 }
 
+impl ConverseBlock {
+    /// [`Module::forward`], then `on_block`: how a caller follows a model run block by block.
+    pub fn run(&self, x: &Tensor, on_block: &dyn Fn()) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        on_block();
+        Ok(y)
+    }
+}
+
 impl Module for ConverseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match Backend::of(x) {
+        match Backend::of(x) {
             Backend::Fused => x.contiguous()?.apply_op1_no_bwd(&FusedBlock(self)),
             Backend::Reference => self.forward_reference(x),
-        };
-        crate::progress::step();
-        y
+        }
     }
 }
 

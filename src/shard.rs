@@ -168,11 +168,7 @@ impl ShardSpec {
 pub fn work(kind: ModelKind, (h, w, channels): (usize, usize, usize), gray: bool, x8: bool) -> u64 {
     let s = kind.scale() as u64;
     let px = (h as u64) * (w as u64) * s * s;
-    let planes = if kind == ModelKind::DnCNN && channels == 3 && !gray {
-        3
-    } else {
-        1
-    };
+    let planes = crate::restore::colour::runs(kind, channels, gray);
     (px * planes * if x8 { 8 } else { 1 } * kind.blocks_per_forward()).max(1)
 }
 

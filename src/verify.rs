@@ -129,29 +129,25 @@ impl Verifier {
             )?;
             ("converse2d".to_owned(), layer.forward(&x)?)
         } else {
-            let kind = [
-                ("dncnn_", ModelKind::DnCNN),
-                ("srresnet_", ModelKind::SRResNet),
-                ("conversenet_", ModelKind::ConverseNet),
-                ("usrnet_", ModelKind::USRNet),
-            ]
-            .into_iter()
-            .find(|(p, _)| name.starts_with(p))
-            .map(|(_, k)| k)
-            .ok_or_else(|| {
-                anyhow!(
-                    "'{}' is neither an operator case (no layer metadata) nor named after a model \
-                     (dncnn_, srresnet_, conversenet_, usrnet_)",
-                    path.display()
-                )
-            })?;
+            let kind = ModelKind::ALL
+                .into_iter()
+                .find(|k| name.starts_with(k.info().golden_prefix))
+                .ok_or_else(|| {
+                    let prefixes: Vec<_> = ModelKind::ALL.map(|k| k.info().golden_prefix).into();
+                    anyhow!(
+                        "'{}' is neither an operator case (no layer metadata) nor named after a \
+                         model ({})",
+                        path.display(),
+                        prefixes.join(", ")
+                    )
+                })?;
             if !self.models.contains_key(&kind) {
                 let m = self.locator.load(kind, self.dtype, &self.device)?;
                 self.models.insert(kind, m);
             }
-            let kernel = match kind {
-                ModelKind::USRNet => Some(get("kernel")?),
-                _ => None,
+            let kernel = match kind.info().takes_kernel {
+                true => Some(get("kernel")?),
+                false => None,
             };
             (
                 kind.id().to_owned(),

@@ -42,6 +42,8 @@ pub struct WeightsLocator {
     pub cache: Option<PathBuf>,
     /// Whether to download the official checkpoint into `cache` when nothing is found.
     pub download: bool,
+    /// What follows a download, if anything.
+    pub progress: Option<download::Progress>,
 }
 
 impl WeightsLocator {
@@ -64,6 +66,7 @@ impl WeightsLocator {
             dirs,
             cache,
             download,
+            progress: None,
         }
     }
 
@@ -80,7 +83,7 @@ impl WeightsLocator {
         let download_note = if self.download {
             let url = download::checkpoint_url(kind);
             let fetched = match &self.cache {
-                Some(cache) => download::fetch(kind, &url, cache),
+                Some(cache) => download::fetch(kind, &url, cache, self.progress),
                 None => Err(anyhow!(
                     "cannot download '{url}': no cache folder to save it in (set $XDG_CACHE_HOME)"
                 )),

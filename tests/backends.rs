@@ -87,7 +87,7 @@ fn fused_and_reference_f32_agree_with_f64_on_every_model() {
         let x: Vec<f64> = (0..n).map(|_| rng.random_sample()).collect();
         let x64 = Tensor::from_vec(x, shape, &dev).unwrap();
         let x32 = x64.to_dtype(DType::F32).unwrap();
-        let kernel = (kind == ModelKind::USRNet).then(|| {
+        let kernel = kind.info().takes_kernel.then(|| {
             let k: Vec<f64> = (0..2 * 49).map(|_| rng.random_sample() + 0.05).collect();
             let k = Tensor::from_vec(k, (2, 1, 7, 7), &dev).unwrap();
             k.broadcast_div(&k.sum_keepdim((2, 3)).unwrap()).unwrap()

@@ -383,6 +383,7 @@ fn locator_converts_once_and_names_every_place_it_looked() {
         ],
         cache: Some(cache.clone()),
         download: false,
+        progress: None,
     };
     let e = format!(
         "{:#}",

@@ -118,7 +118,7 @@ fn a_good_download_is_checked_saved_and_converted() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let url = format!("{}/converse_dncnn.pth", server.base);
-    let got = download::fetch(ModelKind::DnCNN, &url, &cache).unwrap();
+    let got = download::fetch(ModelKind::DnCNN, &url, &cache, None).unwrap();
     assert_eq!(got, cache.join("converse_dncnn.pth"));
     assert_eq!(
         std::fs::read(&got).unwrap(),
@@ -128,6 +128,7 @@ fn a_good_download_is_checked_saved_and_converted() {
         dirs: vec![(cache.clone(), "cache".into())],
         cache: Some(cache.clone()),
         download: false,
+        progress: None,
     };
     let model = loc
         .load(ModelKind::DnCNN, DType::F32, &Device::Cpu)
@@ -144,7 +145,7 @@ fn failed_fetch(shared: &Path, mode: Mode, file: &str) -> (String, String) {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let url = format!("{}/{file}", server.base);
-    let e = download::fetch(ModelKind::DnCNN, &url, &cache).unwrap_err();
+    let e = download::fetch(ModelKind::DnCNN, &url, &cache, None).unwrap_err();
     assert!(listing(&cache).is_empty(), "{:?}", listing(&cache));
     (url, format!("{e:#}"))
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use converse::eval::protocol::Degradation;
 use converse::eval::run::{evaluate, EvalRun, EvalSpec};
-use converse::models::ModelKind;
+use converse::models::Task;
 use converse::weights::WeightsLocator;
 use serde_json::Value;
 
@@ -62,6 +62,7 @@ fn run(shared: &Path, task: &str, with_kernel: Option<bool>) {
         dirs: vec![(shared.join("weights"), "--weights".into())],
         cache: Some(cache.path().to_owned()),
         download: false,
+        progress: None,
     };
     let runs: Vec<Value> = reference(shared)
         .into_iter()
@@ -70,12 +71,11 @@ fn run(shared: &Path, task: &str, with_kernel: Option<bool>) {
         })
         .collect();
     assert!(!runs.is_empty());
-    let kind = match (task, with_kernel) {
-        ("denoise", _) => ModelKind::DnCNN,
-        ("sr", _) => ModelKind::SRResNet,
-        (_, Some(true)) => ModelKind::USRNet,
-        _ => ModelKind::ConverseNet,
-    };
+    let kind = Task::ALL
+        .into_iter()
+        .find(|t| t.name() == task)
+        .unwrap()
+        .model(with_kernel == Some(true));
     let model = locator.load(kind, DType::F32, &Device::Cpu).unwrap();
     for r in &runs {
         let dataset = shared.join("testsets").join(r["dataset"].as_str().unwrap());

@@ -11,6 +11,7 @@ fn verifier(shared: &std::path::Path, cache: &std::path::Path, dtype: DType) -> 
         dirs: vec![(shared.join("weights"), "--weights".into())],
         cache: Some(cache.to_owned()),
         download: false,
+        progress: None,
     };
     Verifier::new(locator, Device::Cpu, dtype)
 }

@@ -6,10 +6,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{converse, stderr, stdout, write_image};
-use converse::restore::{Options, Task};
+use converse::models::Task;
+use converse::restore::Options;
 
 /// Runs `cmd` to the end; returns its peak resident memory (VmHWM) in bytes.
 #[cfg(target_os = "linux")]
+#[allow(clippy::zombie_processes)] // wait4 below reaps the child and reads its peak
 fn peak_rss(cmd: &mut Command, log: &Path) -> u64 {
     let child = cmd
         .stdout(Stdio::null())

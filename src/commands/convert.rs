@@ -66,7 +66,7 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
             );
             continue;
         }
-        match catch_panic(|| Ok(convert_one(&pair.input, &pair.output, existing)?)) {
+        match catch_panic(|| convert_one(&pair.input, &pair.output, existing)) {
             Ok(()) => converted += 1,
             Err(e) if files::already_exists(&e) => eprintln!(
                 "note: skipping '{}': '{}' was written meanwhile by another run",

@@ -9,8 +9,8 @@ use converse::eval::protocol::{read_u8, to_u8};
 use converse::eval::run::save_u8;
 use converse::files::{self, Existing};
 use converse::image_io::Format;
+use converse::models::Task;
 use converse::plan;
-use converse::restore::Task;
 
 pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
     let kernel = a

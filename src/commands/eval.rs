@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::DType;
 
-use super::{degradation, kernel_tensor};
+use super::degradation;
+use super::progress;
 use crate::cli::EvalArgs;
 use crate::exit_codes::ExitCode;
 use converse::eval::protocol::list_images;
 use converse::eval::run::{evaluate, saved_as, table, EvalSpec};
 use converse::files::Existing;
+use converse::models::Task;
 use converse::plan::{self, Pair};
-use converse::progress;
-use converse::restore::Task;
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let kernels: Vec<String> = a.kernel.iter().chain(&a.kernels).cloned().collect();
@@ -44,7 +44,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         let kernel = k.map(|k| converse::kernel::load(k)).transpose()?;
         let kernel_name = k.map(|k| kernel_label(k));
         let model_kernel = match (&kernel, a.with_kernel) {
-            (Some(k), true) => Some(kernel_tensor(&k.for_model()?, &device)?),
+            (Some(k), true) => Some(k.for_model()?.to_tensor(&device)?),
             _ => None,
         };
         let save = a

@@ -3,14 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::cli::InfoArgs;
 use crate::exit_codes::ExitCode;
 use converse::device::DeviceSpec;
 use converse::memory::human;
-use converse::restore::Task;
 use converse::weights::{Found, WeightsLocator};
 use converse::ModelKind;
 
@@ -161,15 +159,9 @@ fn gather(locator: &WeightsLocator) -> Info {
 
 /// The task that runs `kind`: `denoise`, `sr`, `deblur` or `deblur --kernel`.
 fn task_of(kind: ModelKind) -> String {
-    for task in Task::value_variants() {
-        for kernel in [false, true] {
-            if task.model(kernel) == kind {
-                let flag = if kernel { " --kernel" } else { "" };
-                return format!("{}{flag}", task.name());
-            }
-        }
-    }
-    String::new()
+    let info = kind.info();
+    let flag = if info.takes_kernel { " --kernel" } else { "" };
+    format!("{}{flag}", info.task.name())
 }
 
 fn model_weights(locator: &WeightsLocator, kind: ModelKind) -> ModelWeights {

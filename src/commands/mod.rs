@@ -7,17 +7,18 @@ pub mod demo;
 pub mod eval;
 pub mod info;
 pub mod man;
+pub mod progress;
 pub mod restore;
 pub mod verify;
 
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 use crate::cli::ModelArgs;
 use converse::device::DeviceSpec;
 use converse::eval::protocol::Degradation;
 use converse::kernel::Kernel;
-use converse::restore::Task;
+use converse::models::Task;
 use converse::weights::WeightsLocator;
 
 impl ModelArgs {
@@ -30,7 +31,10 @@ impl ModelArgs {
     }
 
     pub fn locator(&self) -> WeightsLocator {
-        WeightsLocator::new(self.weights.as_deref())
+        WeightsLocator {
+            progress: Some(progress::download_bar),
+            ..WeightsLocator::new(self.weights.as_deref())
+        }
     }
 }
 
@@ -65,12 +69,6 @@ pub fn degradation(
             sigma: sigma.unwrap_or(2.55),
         },
     })
-}
-
-/// A 2-D kernel as the `(1, 1, h, w)` float32 tensor the model takes.
-pub fn kernel_tensor(k: &Kernel, dev: &Device) -> anyhow::Result<Tensor> {
-    let v: Vec<f32> = k.data.iter().map(|v| *v as f32).collect();
-    Ok(Tensor::from_vec(v, (1, 1, k.height, k.width), dev)?)
 }
 
 /// The kernel files among `specs` (`gaussian:…` and `motion:…` are not files): a run reads them,

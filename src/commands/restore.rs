@@ -5,15 +5,16 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use candle_core::DType;
 
+use super::progress::RestoreBars;
 use crate::cli::RestoreArgs;
 use crate::exit_codes::{catch_panic, ExitCode};
 use converse::files::{self, Existing};
 use converse::image_io::{self, Format};
 use converse::memory::human;
+use converse::models::Task;
 use converse::plan::{self, Pair};
-use converse::progress::{self, RestoreBars};
 use converse::report::{Report, Status};
-use converse::restore::{Options, Restorer, Task};
+use converse::restore::{Options, Restorer};
 use converse::shard::{Selection, Shard};
 use converse::ModelKind;
 
@@ -310,7 +311,8 @@ fn restore_one(
     }
     let steps = restorer.steps(&pic);
     let on_step = bars.start(job.input.display().to_string(), steps);
-    let out = progress::with_steps(on_step, || restorer.restore(&pic))
+    let out = restorer
+        .restore(&pic, &on_step)
         .with_context(|| format!("cannot restore '{}'", job.input.display()))?;
     let existing = Existing::with_overwrite(a.overwrite);
     match image_io::write(&out, &job.output, format, a.quality, existing) {

@@ -235,7 +235,7 @@ fn quantize_u16(v: f32) -> u16 {
 }
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Png,
     Jpeg,
@@ -245,6 +245,19 @@ pub enum Format {
 }
 
 impl Format {
+    pub const ALL: [Format; 5] = [Self::Png, Self::Jpeg, Self::Bmp, Self::Tiff, Self::Webp];
+
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+            Self::Bmp => "bmp",
+            Self::Tiff => "tiff",
+            Self::Webp => "webp",
+        }
+    }
+
     /// From a file extension (case-insensitive).
     pub fn from_path(path: &Path) -> Option<Self> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();

@@ -7,8 +7,33 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::{ModelInfo, Network, Task};
 use crate::nn::{ConverseBlock, Pointwise};
 use crate::ops::{Converse2d, Converse2dConfig, PaddingMode};
+
+/// The released model.
+const RELEASED: Config = Config::released();
+
+/// Everything about Converse-DnCNN.
+pub const INFO: ModelInfo = ModelInfo {
+    id: "converse_dncnn",
+    class: "ConverseDnCNN",
+    name: "Converse-DnCNN",
+    sha256: "3b86c7f6e41a014448f923bc331232e1f45e2eae350dd7f9e18440803d283e89",
+    task: Task::Denoise,
+    takes_kernel: false,
+    channels: RELEASED.in_channels,
+    scale: 1,
+    blocks_per_forward: RELEASED.num_blocks,
+    block_padding: RELEASED.padding,
+    // Cutting a 480x480 image at 48 px from each side moves no output by half an 8-bit level
+    // beyond 127 px.
+    reach: 128,
+    feature_bytes_per_px: 615,
+    golden_prefix: "dncnn_",
+    architecture: || format!("{RELEASED:?}"),
+    build: |vb| Ok(Box::new(ConverseDnCNN::new(&RELEASED, vb)?)),
+};
 
 /// Hyperparameters of `ConverseDnCNN`.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +57,7 @@ pub struct Config {
 impl Config {
     /// The released `converse_dncnn.pth`: gray, 64 features, 20 blocks, kernel 7, padding 6,
     /// circular (the paper's table says kernel 5; the released file is 7).
-    pub fn released() -> Self {
+    pub const fn released() -> Self {
         Self {
             in_channels: 1,
             num_features: 64,
@@ -74,20 +99,17 @@ impl ConverseDnCNN {
     }
 }
 
-impl ConverseDnCNN {
-    /// The Converse2D layers.
-    pub fn converse_layers(&self) -> Vec<&Converse2d> {
-        self.body.iter().map(ConverseBlock::converse).collect()
-    }
-}
-
-impl Module for ConverseDnCNN {
+impl Network for ConverseDnCNN {
     /// `x`: `(N, C, H, W)` noisy image in [0, 1]; returns the denoised image.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn run(&self, x: &Tensor, _: Option<&Tensor>, on_block: &dyn Fn()) -> Result<Tensor> {
         let mut h = self.head.forward(x)?;
         for block in &self.body {
-            h = block.forward(&h)?;
+            h = block.run(&h, on_block)?;
         }
         self.tail.forward(&h)
+    }
+
+    fn converse_layers(&self) -> Vec<&Converse2d> {
+        self.body.iter().map(ConverseBlock::converse).collect()
     }
 }

@@ -1,93 +1,178 @@
-//! The four released ConverseNet models, one file each, and strict loading of their weights.
+//! The released ConverseNet models: one file each, declaring everything about its model in a
+//! [`ModelInfo`], and one registry ([`registry!`] below) that lists them.
+//!
+//! A model file holds the network, its `Config`, and `pub const INFO: ModelInfo`. Adding a model
+//! is that file plus one line in the registry.
 
-pub mod conversenet;
-pub mod dncnn;
-pub mod srresnet;
-pub mod usrnet;
+mod load;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Module, Shape, Tensor};
-
-use crate::ops::Converse2d;
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use converse_convert::{ModelSpec, ParamSpec};
+
+use crate::ops::Converse2d;
+use load::ParamStore;
 
 pub use conversenet::ConverseNet;
 pub use dncnn::ConverseDnCNN;
 pub use srresnet::ConverseMSRResNet;
 pub use usrnet::ConverseUSRNet;
 
-/// One of the four released models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ModelKind {
-    /// Converse-DnCNN, grayscale denoising at sigma 25.
-    DnCNN,
-    /// Converse-SRResNet, x4 super-resolution.
-    SRResNet,
-    /// ConverseNet, blind deblurring.
-    ConverseNet,
-    /// Converse-USRNet, deblurring with a known 7x7 kernel.
-    USRNet,
+/// Lists the models: each line is a [`ModelKind`] constant and the model's file.
+macro_rules! registry {
+    ($($(#[$doc:meta])* $name:ident => $module:ident,)*) => {
+        $(pub mod $module;)*
+
+        #[allow(non_upper_case_globals)]
+        impl ModelKind {
+            $($(#[$doc])* pub const $name: ModelKind = ModelKind(&$module::INFO);)*
+
+            /// Every model, in registry order.
+            pub const ALL: [ModelKind; [$(stringify!($name)),*].len()] = [$(Self::$name),*];
+        }
+    };
 }
 
+registry! {
+    /// Converse-DnCNN, grayscale denoising at sigma 25.
+    DnCNN => dncnn,
+    /// Converse-SRResNet, x4 super-resolution.
+    SRResNet => srresnet,
+    /// ConverseNet, blind deblurring.
+    ConverseNet => conversenet,
+    /// Converse-USRNet, deblurring with a known 7x7 kernel.
+    USRNet => usrnet,
+}
+
+/// What to do to an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    /// Converse-DnCNN (trained on gray images at sigma 25).
+    Denoise,
+    /// Converse-SRResNet, x4.
+    Sr,
+    /// ConverseNet (blind) or, with a kernel, Converse-USRNet.
+    Deblur,
+}
+
+impl Task {
+    pub const ALL: [Task; 3] = [Self::Denoise, Self::Sr, Self::Deblur];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Denoise => "denoise",
+            Self::Sr => "sr",
+            Self::Deblur => "deblur",
+        }
+    }
+
+    /// The model for the task: the registered one whose [`ModelInfo::task`] it is, the one that
+    /// takes a kernel exactly when `with_kernel` if there are two.
+    pub fn model(self, with_kernel: bool) -> ModelKind {
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.0.task == self && k.0.takes_kernel == with_kernel)
+            .or_else(|| ModelKind::ALL.into_iter().find(|k| k.0.task == self))
+            .expect("every task has a model in the registry")
+    }
+
+    /// Output size over input size.
+    pub fn scale(self) -> usize {
+        self.model(false).scale()
+    }
+}
+
+/// Everything about one model, declared by its file as `pub const INFO`.
+pub struct ModelInfo {
+    /// The id, also the released file's stem.
+    pub id: &'static str,
+    /// The official PyTorch class.
+    pub class: &'static str,
+    /// The name in messages and the paper.
+    pub name: &'static str,
+    /// sha256 of the released `.pth` in the official `model_zoo/`.
+    pub sha256: &'static str,
+    /// The task the model serves.
+    pub task: Task,
+    /// Whether the model takes a blur kernel with the image.
+    pub takes_kernel: bool,
+    /// Image channels the model takes (1: gray, 3: RGB).
+    pub channels: usize,
+    /// Output side over input side.
+    pub scale: usize,
+    /// `ConverseBlock`s one forward pass runs (the steps of a progress bar).
+    pub blocks_per_forward: usize,
+    /// Padding of the blocks' Converse2D layers, which the solve grids add around the image.
+    pub block_padding: usize,
+    /// How far, in input pixels, the output depends on the input: the tiles' overlap
+    /// (measured with `cargo run --release --example dependence`).
+    pub reach: usize,
+    /// The memory model's feature-map bytes per pixel of the working resolution (the
+    /// output's, for SR), fitted to measured peaks ([`crate::memory`]).
+    pub feature_bytes_per_px: u64,
+    /// Prefix of the model's files in the golden folder (`converse verify`).
+    pub golden_prefix: &'static str,
+    /// The architecture, as written into converted files' metadata.
+    pub architecture: fn() -> String,
+    /// Builds the released architecture from `vb`.
+    pub build: fn(VarBuilder) -> candle_core::Result<Box<dyn Network>>,
+}
+
+/// A model's network: run once per image (or tile), with a callback per `ConverseBlock`.
+pub trait Network: fmt::Debug + Send + Sync {
+    /// Runs on `x` `(N, C, H, W)`; `kernel` is given exactly when [`ModelInfo::takes_kernel`];
+    /// `on_block` is called after each `ConverseBlock`.
+    fn run(
+        &self,
+        x: &Tensor,
+        kernel: Option<&Tensor>,
+        on_block: &dyn Fn(),
+    ) -> candle_core::Result<Tensor>;
+
+    /// The Converse2D layers with learned kernels.
+    fn converse_layers(&self) -> Vec<&Converse2d>;
+}
+
+/// One of the registered models.
+#[derive(Clone, Copy)]
+pub struct ModelKind(&'static ModelInfo);
+
 impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [Self::DnCNN, Self::SRResNet, Self::ConverseNet, Self::USRNet];
+    /// Everything about the model.
+    pub fn info(self) -> &'static ModelInfo {
+        self.0
+    }
 
     /// The id, also the released file's stem.
     pub fn id(self) -> &'static str {
-        match self {
-            Self::DnCNN => "converse_dncnn",
-            Self::SRResNet => "converse_srresnet",
-            Self::ConverseNet => "conversenet",
-            Self::USRNet => "converse_usrnet",
-        }
+        self.0.id
     }
 
     /// Output side over input side.
     pub fn scale(self) -> usize {
-        match self {
-            Self::SRResNet => 4,
-            _ => 1,
-        }
+        self.0.scale
     }
 
-    /// `ConverseBlock`s one forward pass of the released model runs (the steps of a progress
-    /// bar).
+    /// `ConverseBlock`s one forward pass runs (the steps of a progress bar).
     pub fn blocks_per_forward(self) -> u64 {
-        let stack = |c: conversenet::Config| c.num_iterations * c.num_blocks;
-        (match self {
-            Self::DnCNN => dncnn::Config::released().num_blocks,
-            // conv_body, then upconv1, upconv2 and conv_hres.
-            Self::SRResNet => srresnet::Config::released().num_blocks + 3,
-            Self::ConverseNet => stack(conversenet::Config::released()),
-            Self::USRNet => stack(usrnet::Config::released().prior),
-        }) as u64
+        self.0.blocks_per_forward as u64
     }
 
     /// The official PyTorch class.
     pub fn class(self) -> &'static str {
-        match self {
-            Self::DnCNN => "ConverseDnCNN",
-            Self::SRResNet => "ConverseMSRResNet",
-            Self::ConverseNet => "ConverseNet",
-            Self::USRNet => "ConverseUSRNet",
-        }
+        self.0.class
     }
 
     /// sha256 of the released `.pth` in the official `model_zoo/`.
     pub fn sha256(self) -> &'static str {
-        match self {
-            Self::DnCNN => "3b86c7f6e41a014448f923bc331232e1f45e2eae350dd7f9e18440803d283e89",
-            Self::SRResNet => "ed75a697f1ebb9f9ad6a53b7875bb76098f23b48d87bf6f0b0dd8cde6df81d2f",
-            Self::ConverseNet => "603cbb29075178410db9ab6166b247d2ddff32f349c59a7e1763c46feca270bd",
-            Self::USRNet => "729529b8bc8cbda152d6b60734b01032b49c20fcb8b6da2fb33141d9c3378d82",
-        }
+        self.0.sha256
     }
 
     /// Where the official checkpoint can be downloaded.
@@ -100,16 +185,6 @@ impl ModelKind {
 
     pub fn from_id(id: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.id() == id)
-    }
-
-    /// The architecture, as written into converted files' metadata.
-    fn architecture(self) -> String {
-        match self {
-            Self::DnCNN => format!("{:?}", dncnn::Config::released()),
-            Self::SRResNet => format!("{:?}", srresnet::Config::released()),
-            Self::ConverseNet => format!("{:?}", conversenet::Config::released()),
-            Self::USRNet => format!("{:?}", usrnet::Config::released()),
-        }
     }
 
     /// The parameter list, read off the model code itself (built on zeros).
@@ -130,15 +205,35 @@ impl ModelKind {
             id: self.id().to_owned(),
             hyperparameters: vec![
                 ("class".into(), self.class().into()),
-                ("architecture".into(), self.architecture()),
+                ("architecture".into(), (self.0.architecture)()),
             ],
             params,
         })
     }
 
-    /// Specs of all four released models.
+    /// Specs of all registered models.
     pub fn specs() -> candle_core::Result<Vec<ModelSpec>> {
         Self::ALL.iter().map(|k| k.spec()).collect()
+    }
+}
+
+impl PartialEq for ModelKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for ModelKind {}
+
+impl Hash for ModelKind {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id().hash(state)
+    }
+}
+
+impl fmt::Debug for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
     }
 }
 
@@ -148,92 +243,11 @@ impl fmt::Display for ModelKind {
     }
 }
 
-/// Serves tensors to a `VarBuilder`, checking shapes and remembering what was asked for; with no
-/// tensors it records the requests and hands out zeros.
-#[derive(Debug)]
-struct ParamStore {
-    tensors: Option<HashMap<String, Tensor>>,
-    seen: Mutex<Vec<(String, Shape)>>,
-}
-
-impl ParamStore {
-    fn recording() -> Self {
-        Self {
-            tensors: None,
-            seen: Mutex::default(),
-        }
-    }
-
-    fn unused(&self) -> Vec<String> {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let mut unused: Vec<String> = self
-            .tensors
-            .iter()
-            .flat_map(|t| t.keys())
-            .filter(|k| !seen.iter().any(|(n, _)| n == *k))
-            .cloned()
-            .collect();
-        unused.sort();
-        unused
-    }
-}
-
-struct Shared(Arc<ParamStore>);
-
-impl SimpleBackend for Shared {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let store = &self.0;
-        store
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.to_owned(), s.clone()));
-        let Some(tensors) = &store.tensors else {
-            return Tensor::zeros(s, dtype, dev);
-        };
-        let t = tensors.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "missing tensor `{name}` (expected shape {:?})",
-                s.dims()
-            ))
-        })?;
-        if t.shape() != &s {
-            candle_core::bail!(
-                "tensor `{name}` has shape {:?}, the model expects {:?}",
-                t.dims(),
-                s.dims()
-            )
-        }
-        t.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("tensor `{name}` requested without a shape")
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0
-            .tensors
-            .as_ref()
-            .is_some_and(|t| t.contains_key(name))
-    }
-}
-
 /// A loaded model, ready to run.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // one per process: size does not matter
-pub enum Model {
-    DnCNN(ConverseDnCNN),
-    SRResNet(ConverseMSRResNet),
-    ConverseNet(ConverseNet),
-    USRNet(ConverseUSRNet),
+pub struct Model {
+    kind: ModelKind,
+    net: Box<dyn Network>,
 }
 
 /// The largest safetensors file a model is loaded from (the released models are a few MB).
@@ -246,19 +260,8 @@ impl Model {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Self> {
-        let vb = VarBuilder::from_backend(Box::new(Shared(store.clone())), dtype, dev.clone());
-        Ok(match kind {
-            ModelKind::DnCNN => Self::DnCNN(ConverseDnCNN::new(&dncnn::Config::released(), vb)?),
-            ModelKind::SRResNet => {
-                Self::SRResNet(ConverseMSRResNet::new(&srresnet::Config::released(), vb)?)
-            }
-            ModelKind::ConverseNet => {
-                Self::ConverseNet(ConverseNet::new(&conversenet::Config::released(), vb)?)
-            }
-            ModelKind::USRNet => {
-                Self::USRNet(ConverseUSRNet::new(&usrnet::Config::released(), vb)?)
-            }
-        })
+        let net = (kind.0.build)(load::var_builder(store, dtype, dev))?;
+        Ok(Self { kind, net })
     }
 
     /// Builds `kind` from a state dict, strictly: every tensor must be used, with its exact
@@ -324,12 +327,7 @@ impl Model {
 
     /// The model's Converse2D layers with learned kernels.
     pub fn converse_layers(&self) -> Vec<&Converse2d> {
-        match self {
-            Self::DnCNN(m) => m.converse_layers(),
-            Self::SRResNet(m) => m.converse_layers(),
-            Self::ConverseNet(m) => m.converse_layers(),
-            Self::USRNet(m) => m.converse_layers(),
-        }
+        self.net.converse_layers()
     }
 
     /// Drops the transfer functions the model's Converse2D layers keep (on the reference path);
@@ -341,26 +339,30 @@ impl Model {
     }
 
     pub fn kind(&self) -> ModelKind {
-        match self {
-            Self::DnCNN(_) => ModelKind::DnCNN,
-            Self::SRResNet(_) => ModelKind::SRResNet,
-            Self::ConverseNet(_) => ModelKind::ConverseNet,
-            Self::USRNet(_) => ModelKind::USRNet,
-        }
+        self.kind
     }
 
-    /// Runs the model on `x` `(N, C, H, W)`; `kernel` `(N|1, 1, 7, 7)` is required by
-    /// Converse-USRNet and refused by the others. An output that is not finite everywhere is
-    /// an error ([`check_finite`]): every command's model runs pass here.
+    /// Runs the model on `x` `(N, C, H, W)`; `kernel` `(N|1, 1, 7, 7)` is required by the
+    /// models that take one and refused by the others. An output that is not finite everywhere
+    /// is an error ([`check_finite`]): every command's model runs pass here.
     pub fn forward(&self, x: &Tensor, kernel: Option<&Tensor>) -> anyhow::Result<Tensor> {
-        let y = match (self, kernel) {
-            (Self::USRNet(m), Some(k)) => m.forward(x, k)?,
-            (Self::USRNet(_), None) => bail!("Converse-USRNet needs a blur kernel"),
-            (_, Some(_)) => bail!("{} takes no kernel", self.kind()),
-            (Self::DnCNN(m), None) => m.forward(x)?,
-            (Self::SRResNet(m), None) => m.forward(x)?,
-            (Self::ConverseNet(m), None) => m.forward(x)?,
-        };
+        self.run(x, kernel, &|| {})
+    }
+
+    /// [`Model::forward`], calling `on_block` after each `ConverseBlock`.
+    pub fn run(
+        &self,
+        x: &Tensor,
+        kernel: Option<&Tensor>,
+        on_block: &dyn Fn(),
+    ) -> anyhow::Result<Tensor> {
+        let info = self.kind.0;
+        match (info.takes_kernel, kernel) {
+            (true, None) => bail!("{} needs a blur kernel", info.name),
+            (false, Some(_)) => bail!("{} takes no kernel", self.kind),
+            _ => {}
+        }
+        let y = self.net.run(x, kernel, on_block)?;
         check_finite(&y)?;
         Ok(y)
     }

@@ -1,36 +1,10 @@
-//! Progress bars: shown on a terminal only, and never with `--quiet`; and the steps inside a
-//! model run ([`step`], one per `ConverseBlock`) that move them.
+//! Progress bars: shown on a terminal only, and never with `--quiet`. The library reports
+//! progress through callbacks (`on_block` of [`converse::restore::Restorer::restore`],
+//! [`converse::download::Progress`]); the bars here are what the commands pass it.
 
-use std::cell::RefCell;
 use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
-
-thread_local! {
-    static ON_STEP: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
-}
-
-/// Runs `body` with `on_step` called at every [`step`] it makes on this thread.
-pub fn with_steps<R>(on_step: impl FnMut() + 'static, body: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            ON_STEP.with(|s| s.borrow_mut().take());
-        }
-    }
-    ON_STEP.with(|s| *s.borrow_mut() = Some(Box::new(on_step)));
-    let _reset = Reset;
-    body()
-}
-
-/// One step of work done (a `ConverseBlock`); moves the bar of [`with_steps`], if any.
-pub fn step() {
-    ON_STEP.with(|s| {
-        if let Some(f) = s.borrow_mut().as_mut() {
-            f()
-        }
-    })
-}
 
 /// The bars of a `restore` run: the images done (for more than one), and the steps of the
 /// current image, with its name and ETA.
@@ -79,8 +53,8 @@ impl RestoreBars {
         }
     }
 
-    /// Starts an image of `steps` steps; returns the callback for [`with_steps`].
-    pub fn start(&self, name: String, steps: u64) -> impl FnMut() + 'static {
+    /// Starts an image of `steps` steps; returns the callback that moves its bar a step.
+    pub fn start(&self, name: String, steps: u64) -> impl Fn() + 'static {
         self.image.reset();
         self.image.set_length(steps.max(1));
         self.image.set_message(name);
@@ -127,9 +101,15 @@ pub fn bar(total: u64, quiet: bool) -> ProgressBar {
     pb
 }
 
-/// A bar over bytes (`total` when the size is known): transferred, rate and ETA; hidden when
-/// stderr is not a terminal, and cleared when dropped.
-pub fn bytes_bar(total: Option<u64>, msg: String) -> ProgressBar {
+/// A bar over the bytes of the download `msg` (`total` when the size is known): transferred,
+/// rate and ETA; hidden when stderr is not a terminal, and cleared when dropped. A
+/// [`converse::download::Progress`].
+pub fn download_bar(msg: &str, total: Option<u64>) -> Box<dyn Fn(u64)> {
+    let pb = bytes_bar(total, msg.to_owned());
+    Box::new(move |n| pb.inc(n))
+}
+
+fn bytes_bar(total: Option<u64>, msg: String) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden());
     }
