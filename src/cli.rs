@@ -144,6 +144,9 @@ pub struct RestoreArgs {
     /// Denoise: write gray from a colour image.
     #[arg(long)]
     pub gray: bool,
+    /// Denoise: the noise level, 0-255 scale (default 25).
+    #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = parse_sigma)]
+    pub sigma: Option<f64>,
     /// SR scale (the released model is x4 only).
     #[arg(long)]
     pub scale: Option<usize>,
@@ -208,6 +211,24 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is not a size (e.g. 8G, 512M)"))
 }
 
+/// A noise level on the 0-255 scale: a finite number, 0 or more.
+pub fn parse_sigma(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("`{s}` is not a noise level (a number from 0, on the 0-255 scale)"))
+}
+
+/// A JPEG quality, 1 to 100.
+pub fn parse_quality(s: &str) -> Result<u8, String> {
+    s.trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|q| (1..=100).contains(q))
+        .ok_or_else(|| format!("`{s}` is not a JPEG quality (1 to 100)"))
+}
+
 #[derive(Args)]
 pub struct EvalArgs {
     /// denoise, sr or deblur.
@@ -226,8 +247,14 @@ pub struct EvalArgs {
     #[arg(long)]
     pub with_kernel: bool,
     /// Noise, 0-255 scale (default: 25; deblur 2.55).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_sigma)]
     pub sigma: Option<f64>,
+    /// Denoise: JPEG at quality Q (1-100) instead of noise.
+    #[arg(long, value_name = "Q", conflicts_with = "sigma", value_parser = parse_quality)]
+    pub jpeg: Option<u8>,
+    /// Denoise: run the sigma-25 model without rescaling.
+    #[arg(long)]
+    pub no_rescale: bool,
     /// Seed of numpy's generator, per image.
     #[arg(long, default_value_t = 0)]
     pub seed: u32,
@@ -262,8 +289,11 @@ pub struct DegradeArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Noise, 0-255 scale (default: 25; deblur 2.55).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_sigma)]
     pub sigma: Option<f64>,
+    /// Denoise: JPEG at quality Q (1-100) instead of noise.
+    #[arg(long, value_name = "Q", conflicts_with = "sigma", value_parser = parse_quality)]
+    pub jpeg: Option<u8>,
     /// Blur kernel: FILE, gaussian:S or motion:L,A.
     #[arg(long, value_name = "K")]
     pub kernel: Option<String>,
@@ -323,5 +353,18 @@ mod tests {
         assert_eq!(parse_bytes("100"), Ok(100));
         assert!(parse_bytes("-1G").is_err());
         assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn noise_levels_and_qualities_parse() {
+        assert_eq!(parse_sigma("50"), Ok(50.0));
+        assert_eq!(parse_sigma("0"), Ok(0.0));
+        for bad in ["-5", "nan", "inf", "x"] {
+            assert!(parse_sigma(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_quality("10"), Ok(10));
+        for bad in ["0", "101", "-1", "ten"] {
+            assert!(parse_quality(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -30,6 +30,7 @@ pub mod kernel;
 pub mod memory;
 pub mod models;
 pub mod nn;
+pub mod noise;
 pub mod ops;
 pub mod plan;
 pub mod report;

@@ -108,6 +108,7 @@ fn run(shared: &Path, task: &str, with_kernel: Option<bool>) {
             degradation,
             kernel_name: r["kernel"].as_str().map(str::to_owned),
             model_kernel,
+            rescale: None,
             seed: 0,
             device: Device::Cpu,
             save: None,

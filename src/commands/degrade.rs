@@ -21,7 +21,7 @@ pub fn run(a: DegradeArgs) -> anyhow::Result<ExitCode> {
     if a.task != Task::Deblur && kernel.is_some() {
         bail!("--kernel is for --task deblur")
     }
-    let deg = degradation(a.task, a.sigma, kernel.as_ref())?;
+    let deg = degradation(a.task, a.sigma, a.jpeg, kernel.as_ref())?;
     let folder = a.input.is_dir();
     if !folder && Format::from_path(&a.output).is_none() {
         bail!(

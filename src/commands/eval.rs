@@ -9,10 +9,11 @@ use super::degradation;
 use super::progress;
 use crate::cli::EvalArgs;
 use crate::exit_codes::ExitCode;
-use converse::eval::protocol::list_images;
+use converse::eval::protocol::{list_images, Degradation};
 use converse::eval::run::{evaluate, saved_as, table, EvalSpec};
 use converse::files::Existing;
 use converse::models::Task;
+use converse::noise::Rescale;
 use converse::plan::{self, Pair};
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -23,8 +24,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     if a.task != Task::Deblur && a.with_kernel {
         bail!("--with-kernel is for --task deblur")
     }
+    if a.task != Task::Denoise && a.no_rescale {
+        bail!("--no-rescale is for --task denoise")
+    }
     if a.task == Task::Deblur && kernels.is_empty() {
         bail!("--task deblur needs --kernel K or --kernels K1,K2,...")
+    }
+    // A bad --sigma or --jpeg stops the run before any work (deblur's kernels are read later).
+    if a.task != Task::Deblur || a.jpeg.is_some() {
+        degradation(a.task, a.sigma, a.jpeg, None)?;
     }
     let images = list_images(&a.dataset)?;
     if images.is_empty() {
@@ -51,11 +59,17 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             .save
             .as_ref()
             .map(|s| save_dir(s, kernel_name.as_deref(), kernels.len()));
+        let degradation = degradation(a.task, a.sigma, a.jpeg, kernel.as_ref())?;
+        let rescale = match degradation {
+            Degradation::Denoise { sigma } if !a.no_rescale => Rescale::for_sigma(sigma),
+            _ => None,
+        };
         let spec = EvalSpec {
             task: a.task.name(),
             dataset: &a.dataset,
             images: &images,
-            degradation: degradation(a.task, a.sigma, kernel.as_ref())?,
+            degradation,
+            rescale,
             kernel_name,
             model_kernel,
             seed: a.seed,

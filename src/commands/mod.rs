@@ -49,15 +49,23 @@ pub fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// The degradation of `task` as the official scripts make it.
+/// The degradation of `task` as the official scripts make it, or JPEG at quality `jpeg` for
+/// denoising.
 pub fn degradation(
     task: Task,
     sigma: Option<f64>,
+    jpeg: Option<u8>,
     kernel: Option<&Kernel>,
 ) -> anyhow::Result<Degradation> {
+    if jpeg.is_some() && task != Task::Denoise {
+        anyhow::bail!("--jpeg is for --task denoise")
+    }
     Ok(match task {
-        Task::Denoise => Degradation::Denoise {
-            sigma: sigma.unwrap_or(25.0),
+        Task::Denoise => match jpeg {
+            Some(quality) => Degradation::Jpeg { quality },
+            None => Degradation::Denoise {
+                sigma: denoise_sigma(sigma)?,
+            },
         },
         Task::Sr => Degradation::Sr,
         Task::Deblur => Degradation::Deblur {
@@ -69,6 +77,15 @@ pub fn degradation(
             sigma: sigma.unwrap_or(2.55),
         },
     })
+}
+
+/// The noise level of `--task denoise`: `--sigma`, above 0, or the model's 25.
+pub fn denoise_sigma(sigma: Option<f64>) -> anyhow::Result<f64> {
+    match sigma {
+        Some(s) if s <= 0.0 => anyhow::bail!("--sigma {s}: denoising needs a noise level above 0"),
+        Some(s) => Ok(s),
+        None => Ok(converse::noise::MODEL_SIGMA),
+    }
 }
 
 /// The kernel files among `specs` (`gaussian:…` and `motion:…` are not files): a run reads them,

@@ -12,6 +12,7 @@ use converse::files::{self, Existing};
 use converse::image_io::{self, Format};
 use converse::memory::human;
 use converse::models::Task;
+use converse::noise::Rescale;
 use converse::plan::{self, Pair};
 use converse::report::{Report, Status};
 use converse::restore::{Options, Restorer};
@@ -39,6 +40,13 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if a.gray && a.task != Task::Denoise {
         bail!("--gray is for --task denoise")
     }
+    if a.sigma.is_some() && a.task != Task::Denoise {
+        bail!("--sigma is for --task denoise")
+    }
+    let rescale = match a.task {
+        Task::Denoise => Rescale::for_sigma(super::denoise_sigma(a.sigma)?),
+        _ => None,
+    };
     let kernel = a
         .kernel
         .as_deref()
@@ -163,7 +171,7 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let start = std::time::Instant::now();
-        match catch_panic(|| restore_one(&restorer, job, &a, &bars)) {
+        match catch_panic(|| restore_one(&restorer, rescale, job, &a, &bars)) {
             Ok(Outcome::Restored) => {
                 done += 1;
                 record(job, Status::Restored, None, start.elapsed().as_secs_f64());
@@ -289,14 +297,16 @@ fn output_format(a: &RestoreArgs, output: &Path) -> anyhow::Result<Format> {
         .with_context(|| format!("cannot tell the output format of '{}'", output.display()))
 }
 
+/// Restores one job; `rescale` brings a noisy image to the denoiser's noise level and back.
 fn restore_one(
     restorer: &Restorer,
+    rescale: Option<Rescale>,
     job: &Pair,
     a: &RestoreArgs,
     bars: &RestoreBars,
 ) -> anyhow::Result<Outcome> {
     let format = output_format(a, &job.output)?;
-    let pic = image_io::read(&job.input, a.max_pixels)?;
+    let mut pic = image_io::read(&job.input, a.max_pixels)?;
     if pic.alpha.is_some() && !format.has_alpha() {
         bail!(
             "'{}' has an alpha channel, which JPEG cannot store: write a PNG (a .png output or \
@@ -311,9 +321,15 @@ fn restore_one(
     }
     let steps = restorer.steps(&pic);
     let on_step = bars.start(job.input.display().to_string(), steps);
-    let out = restorer
+    if let Some(r) = &rescale {
+        r.to_model(&mut pic.color);
+    }
+    let mut out = restorer
         .restore(&pic, &on_step)
         .with_context(|| format!("cannot restore '{}'", job.input.display()))?;
+    if let Some(r) = &rescale {
+        r.from_model(&mut out.color);
+    }
     let existing = Existing::with_overwrite(a.overwrite);
     match image_io::write(&out, &job.output, format, a.quality, existing) {
         Err(e) if files::already_exists(&e) => Ok(Outcome::WrittenMeanwhile),

@@ -131,6 +131,8 @@ pub fn from_tensor(t: &Tensor) -> candle_core::Result<ImageU8> {
 pub enum Degradation {
     /// Gray, plus `normal(0, sigma/255)` noise, no clipping.
     Denoise { sigma: f64 },
+    /// Gray, through the `image` crate's JPEG encoder at `quality` ([`jpeg`]).
+    Jpeg { quality: u8 },
     /// modcrop 4, then MATLAB bicubic `imresize(HR, 1/4)`.
     Sr,
     /// modcrop 8, `scipy.ndimage.convolve(img, k, mode='wrap')` on uint8, then
@@ -152,7 +154,7 @@ impl Degradation {
     /// Channels the task reads images with.
     pub fn channels(&self) -> usize {
         match self {
-            Self::Denoise { .. } => 1,
+            Self::Denoise { .. } | Self::Jpeg { .. } => 1,
             _ => 3,
         }
     }
@@ -160,7 +162,7 @@ impl Degradation {
     /// Pixels shaved from each side before PSNR/SSIM.
     pub fn border(&self) -> usize {
         match self {
-            Self::Denoise { .. } => 0,
+            Self::Denoise { .. } | Self::Jpeg { .. } => 0,
             Self::Sr => SR_SCALE,
             Self::Deblur { .. } => 1,
         }
@@ -179,6 +181,10 @@ impl Degradation {
                     input,
                 })
             }
+            Self::Jpeg { quality } => Ok(Degraded {
+                clean: img.clone(),
+                input: to_single(&jpeg(img, *quality)?),
+            }),
             Self::Sr => {
                 let clean = cropped(img, SR_SCALE)?;
                 let (h, w) = (clean.height, clean.width);
@@ -215,6 +221,29 @@ impl Degradation {
             }
         }
     }
+}
+
+/// `img` encoded by the `image` crate's JPEG encoder at `quality` (1 to 100) and decoded again:
+/// the JPEG degradation of `degrade`, `eval` and training.
+pub fn jpeg(img: &ImageU8, quality: u8) -> anyhow::Result<ImageU8> {
+    let color = match img.channels {
+        1 => image::ExtendedColorType::L8,
+        3 => image::ExtendedColorType::Rgb8,
+        c => bail!("JPEG stores 1 or 3 channels, not {c}"),
+    };
+    let mut bytes = vec![];
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality).encode(
+        &img.data,
+        img.width as u32,
+        img.height as u32,
+        color,
+    )?;
+    let decoded = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)?;
+    let data = match img.channels {
+        1 => decoded.to_luma8().into_raw(),
+        _ => decoded.to_rgb8().into_raw(),
+    };
+    Ok(ImageU8 { data, ..*img })
 }
 
 /// `modcrop(img, m)`, refusing images smaller than `m x m`.

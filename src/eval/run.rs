@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use super::metrics::{psnr, rgb_to_y, ssim};
@@ -11,6 +12,7 @@ use super::protocol::{from_tensor, read_u8, to_tensor, Degradation, ImageU8};
 use crate::files::Existing;
 use crate::image_io::{self, BitDepth, Format, Picture};
 use crate::models::Model;
+use crate::noise::Rescale;
 
 /// Scores of one image.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +38,11 @@ pub struct EvalRun {
     pub with_kernel: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma: Option<f64>,
+    /// Denoising: whether the input was rescaled to the model's noise level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rescaled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jpeg: Option<u8>,
     pub mean_psnr: f64,
     pub mean_ssim: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,6 +68,8 @@ pub struct EvalSpec<'a> {
     pub kernel_name: Option<String>,
     /// Pass the kernel to the model (Converse-USRNet).
     pub model_kernel: Option<candle_core::Tensor>,
+    /// Denoising away from sigma 25: the rescaling around the model.
+    pub rescale: Option<Rescale>,
     pub seed: u32,
     /// Where the model runs.
     pub device: candle_core::Device,
@@ -96,10 +105,22 @@ pub fn evaluate(
             .apply(&img, spec.seed)
             .with_context(|| format!("cannot degrade '{}'", path.display()))?;
         let start = Instant::now();
-        let x = to_tensor(&d.input, &spec.device)?;
+        let mut input = d.input;
+        if let Some(r) = &spec.rescale {
+            r.to_model(&mut input.data);
+        }
+        let x = to_tensor(&input, &spec.device)?;
         let y = model
             .forward(&x, spec.model_kernel.as_ref())
             .with_context(|| format!("cannot restore '{}'", path.display()))?;
+        let y = match &spec.rescale {
+            Some(r) => {
+                let mut v = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                r.from_model(&mut v);
+                Tensor::from_vec(v, y.dims(), y.device())?
+            }
+            None => y,
+        };
         let out = from_tensor(&y)?;
         let seconds = start.elapsed().as_secs_f64();
         images.push(score(&name, &out, &d.clean, deg.border(), seconds));
@@ -122,6 +143,14 @@ pub fn evaluate(
         },
         sigma: match deg {
             Degradation::Denoise { sigma } => Some(*sigma),
+            _ => None,
+        },
+        rescaled: match deg {
+            Degradation::Denoise { .. } => Some(spec.rescale.is_some()),
+            _ => None,
+        },
+        jpeg: match deg {
+            Degradation::Jpeg { quality } => Some(*quality),
             _ => None,
         },
         mean_psnr: mean(images.iter().map(|i| i.psnr)),
@@ -188,9 +217,16 @@ pub fn table(run: &EvalRun) -> String {
             "{} on {}, kernel {k}, ConverseNet (blind)",
             run.task, run.dataset
         ),
-        _ => match run.sigma {
-            Some(sg) => format!("{} on {}, sigma {sg}", run.task, run.dataset),
-            None => format!("{} on {}", run.task, run.dataset),
+        _ => match (run.sigma, run.rescaled, run.jpeg) {
+            (Some(sg), Some(true), _) => format!(
+                "{} on {}, sigma {sg}, rescaled to sigma {}",
+                run.task,
+                run.dataset,
+                crate::noise::MODEL_SIGMA
+            ),
+            (Some(sg), _, _) => format!("{} on {}, sigma {sg}", run.task, run.dataset),
+            (_, _, Some(q)) => format!("{} on {}, JPEG quality {q}", run.task, run.dataset),
+            _ => format!("{} on {}", run.task, run.dataset),
         },
     };
     s.push_str(&title);
