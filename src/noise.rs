@@ -2,17 +2,22 @@
 //!
 //! Scaling a noisy image about mid-grey by `25 / sigma` turns its noise into sigma 25: the model
 //! denoises that, and the result is scaled back by `sigma / 25`. [`rescales`] says at which noise
-//! levels this beats running the model as it is (the table is in docs/accuracy.md). Below sigma 25
-//! the scaled image holds values outside [0, 1]; they are passed to the model as they are, not
-//! clamped.
+//! levels this beats running the model as it is: from sigma 20 up (the table, measured on Set12,
+//! is in docs/accuracy.md). Below sigma 25 the scaled image holds values outside [0, 1]; they go
+//! to the model as they are (clamping them loses more), and from sigma 15 down the plain model
+//! wins.
 
 /// The noise level (0-255 scale) the released Converse-DnCNN was trained at.
 pub const MODEL_SIGMA: f64 = 25.0;
 
+/// The lowest noise level (0-255 scale) that is rescaled: on Set12 rescaling wins at sigma 20
+/// and loses at 15.
+pub const RESCALE_FROM: f64 = 20.0;
+
 /// Whether rescaling beats the plain model at noise level `sigma` (0-255 scale), as measured on
-/// Set12: everywhere but sigma 25 itself, where the model runs untouched.
+/// Set12: from [`RESCALE_FROM`] up, except at sigma 25 itself, where the model runs untouched.
 pub fn rescales(sigma: f64) -> bool {
-    sigma != MODEL_SIGMA
+    sigma >= RESCALE_FROM && sigma != MODEL_SIGMA
 }
 
 /// The rescaling for noise level `sigma`, when [`rescales`] says it wins.
@@ -54,8 +59,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sigma_25_runs_the_model_as_it_is() {
+    fn the_model_runs_as_it_is_below_sigma_20_and_at_25() {
+        assert_eq!(Rescale::for_sigma(15.0), None);
         assert_eq!(Rescale::for_sigma(25.0), None);
+        assert!(Rescale::for_sigma(20.0).is_some());
         assert!(Rescale::for_sigma(50.0).is_some());
     }
 

@@ -20,6 +20,18 @@ fn run(shared: &Path, tmp: &Path, args: &[&str]) -> (i32, String, String) {
     (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
 }
 
+/// `converse COMMAND --task denoise -q EXTRA -i INPUT -o OUTPUT`, which must succeed.
+fn denoise(shared: &Path, tmp: &Path, command: &str, extra: &[&str], input: &Path, output: &Path) {
+    let mut args = vec![command, "--task", "denoise"];
+    if command == "restore" {
+        args.push("-q");
+    }
+    args.extend(extra);
+    args.extend(["-i", path(input), "-o", path(output)]);
+    let (code, _, err) = run(shared, tmp, &args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -57,16 +69,22 @@ fn bad_noise_levels_and_qualities_are_refused_with_their_messages() {
     let d = path(&set);
     let cases: &[(&[&str], &str)] = &[
         (
-            &["restore", "--task", "denoise", "--sigma", "0", "-i", i, "-o", o],
+            &[
+                "restore", "--task", "denoise", "--sigma", "0", "-i", i, "-o", o,
+            ],
             "error: --sigma 0: denoising needs a noise level above 0\n",
         ),
         (
-            &["restore", "--task", "denoise", "--sigma", "-5", "-i", i, "-o", o],
+            &[
+                "restore", "--task", "denoise", "--sigma", "-5", "-i", i, "-o", o,
+            ],
             "error: invalid value '-5' for '--sigma <S>': `-5` is not a noise level (a number \
              from 0, on the 0-255 scale)\n",
         ),
         (
-            &["restore", "--task", "denoise", "--sigma", "NaN", "-i", i, "-o", o],
+            &[
+                "restore", "--task", "denoise", "--sigma", "NaN", "-i", i, "-o", o,
+            ],
             "error: invalid value 'NaN' for '--sigma <S>': `NaN` is not a noise level (a number \
              from 0, on the 0-255 scale)\n",
         ),
@@ -79,11 +97,15 @@ fn bad_noise_levels_and_qualities_are_refused_with_their_messages() {
             "error: --sigma 0: denoising needs a noise level above 0\n",
         ),
         (
-            &["degrade", "--task", "denoise", "--sigma", "0", "-i", i, "-o", o],
+            &[
+                "degrade", "--task", "denoise", "--sigma", "0", "-i", i, "-o", o,
+            ],
             "error: --sigma 0: denoising needs a noise level above 0\n",
         ),
         (
-            &["degrade", "--task", "denoise", "--jpeg", "0", "-i", i, "-o", o],
+            &[
+                "degrade", "--task", "denoise", "--jpeg", "0", "-i", i, "-o", o,
+            ],
             "error: invalid value '0' for '--jpeg <Q>': `0` is not a JPEG quality (1 to 100)\n",
         ),
         (
@@ -115,7 +137,9 @@ fn bad_noise_levels_and_qualities_are_refused_with_their_messages() {
     let (code, _, err) = run(
         &shared,
         t,
-        &["degrade", "--task", "denoise", "--jpeg", "10", "--sigma", "5", "-i", i, "-o", o],
+        &[
+            "degrade", "--task", "denoise", "--jpeg", "10", "--sigma", "5", "-i", i, "-o", o,
+        ],
     );
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -133,13 +157,8 @@ fn sigma_25_is_the_default_bit_for_bit() {
     let t = tmp.path();
     let input = shared.join("golden/cli/denoise_in.png");
     let (a, b) = (t.join("a.png"), t.join("b.png"));
-    for (out, extra) in [(&a, &[][..]), (&b, &["--sigma", "25"][..])] {
-        let mut args = vec!["restore", "--task", "denoise", "-q", "-i", path(&input)];
-        args.extend(["-o", path(out)]);
-        args.extend(extra);
-        let (code, _, err) = run(&shared, t, &args);
-        assert_eq!(code, 0, "{err}");
-    }
+    denoise(&shared, t, "restore", &[], &input, &a);
+    denoise(&shared, t, "restore", &["--sigma", "25"], &input, &b);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
 
@@ -152,17 +171,10 @@ fn rescaling_restores_sigma_50_far_better_than_the_plain_model() {
     let t = tmp.path();
     let (set, clean) = small_set12(&shared, t);
     let noisy = t.join("noisy.png");
-    let args = ["degrade", "--task", "denoise", "--sigma", "50", "-i", path(&clean)];
-    let (code, _, err) = run(&shared, t, &[&args[..], &["-o", path(&noisy)]].concat());
-    assert_eq!(code, 0, "{err}");
+    denoise(&shared, t, "degrade", &["--sigma", "50"], &clean, &noisy);
     let (plain, rescaled) = (t.join("plain.png"), t.join("rescaled.png"));
-    for (out, extra) in [(&plain, &[][..]), (&rescaled, &["--sigma", "50"][..])] {
-        let mut args = vec!["restore", "--task", "denoise", "-q", "-i", path(&noisy)];
-        args.extend(["-o", path(out)]);
-        args.extend(extra);
-        let (code, _, err) = run(&shared, t, &args);
-        assert_eq!(code, 0, "{err}");
-    }
+    denoise(&shared, t, "restore", &[], &noisy, &plain);
+    denoise(&shared, t, "restore", &["--sigma", "50"], &noisy, &rescaled);
     let truth = read_u8(&clean, 1).unwrap();
     let score = |p: &Path| psnr_of(&read_u8(p, 1).unwrap(), &truth);
     let (p_noisy, p_plain, p_rescaled) = (score(&noisy), score(&plain), score(&rescaled));
@@ -173,18 +185,33 @@ fn rescaling_restores_sigma_50_far_better_than_the_plain_model() {
     // `eval` applies the same rule by default, and --no-rescale gives the plain model.
     let mean = |extra: &[&str]| {
         let json = t.join("r.json");
-        let mut args = vec!["eval", "--task", "denoise", "-q", "--sigma", "50", "--overwrite"];
+        let mut args = vec![
+            "eval",
+            "--task",
+            "denoise",
+            "-q",
+            "--sigma",
+            "50",
+            "--overwrite",
+        ];
         args.extend(["--dataset", path(&set), "--json", path(&json)]);
         args.extend(extra);
         let (code, out, err) = run(&shared, t, &args);
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        (out, v["rescaled"].as_bool().unwrap(), v["mean_psnr"].as_f64().unwrap())
+        (
+            out,
+            v["rescaled"].as_bool().unwrap(),
+            v["mean_psnr"].as_f64().unwrap(),
+        )
     };
     let (out, on, rescaled_db) = mean(&[]);
     assert!(on);
-    assert!(out.starts_with("denoise on set, sigma 50, rescaled to sigma 25\n"), "{out}");
+    assert!(
+        out.starts_with("denoise on set, sigma 50, rescaled to sigma 25\n"),
+        "{out}"
+    );
     let (out, on, plain_db) = mean(&["--no-rescale"]);
     assert!(!on);
     assert!(out.starts_with("denoise on set, sigma 50\n"), "{out}");
@@ -201,9 +228,7 @@ fn jpeg_round_trips_through_degrade_and_eval() {
     let t = tmp.path();
     let (set, clean) = small_set12(&shared, t);
     let q10 = t.join("q10.png");
-    let args = ["degrade", "--task", "denoise", "--jpeg", "10", "-i", path(&clean)];
-    let (code, _, err) = run(&shared, t, &[&args[..], &["-o", path(&q10)]].concat());
-    assert_eq!(code, 0, "{err}");
+    denoise(&shared, t, "degrade", &["--jpeg", "10"], &clean, &q10);
     // `degrade` writes exactly the library's degradation, which `eval` scores.
     let truth = read_u8(&clean, 1).unwrap();
     let degraded = read_u8(&q10, 1).unwrap();
@@ -215,11 +240,17 @@ fn jpeg_round_trips_through_degrade_and_eval() {
     args.extend(["--dataset", path(&set), "--json", path(&json)]);
     let (code, out, err) = run(&shared, t, &args);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("denoise on set, JPEG quality 10\n"), "{out}");
+    assert!(
+        out.starts_with("denoise on set, JPEG quality 10\n"),
+        "{out}"
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["jpeg"], 10);
-    assert!(v.get("sigma").is_none() && v.get("rescaled").is_none(), "{v}");
+    assert!(
+        v.get("sigma").is_none() && v.get("rescaled").is_none(),
+        "{v}"
+    );
     let model_db = v["mean_psnr"].as_f64().unwrap();
     assert!(model_db > input_db + 0.3, "{input_db} -> {model_db}");
 }

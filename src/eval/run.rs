@@ -129,6 +129,11 @@ pub fn evaluate(
         }
     }
     let y_scores = images[0].psnr_y.is_some();
+    let (sigma, rescaled, jpeg) = match deg {
+        Degradation::Denoise { sigma } => (Some(*sigma), Some(spec.rescale.is_some()), None),
+        Degradation::Jpeg { quality } => (None, None, Some(*quality)),
+        _ => (None, None, None),
+    };
     Ok(EvalRun {
         task: spec.task.to_owned(),
         dataset: spec
@@ -141,18 +146,9 @@ pub fn evaluate(
             Degradation::Deblur { .. } => Some(spec.model_kernel.is_some()),
             _ => None,
         },
-        sigma: match deg {
-            Degradation::Denoise { sigma } => Some(*sigma),
-            _ => None,
-        },
-        rescaled: match deg {
-            Degradation::Denoise { .. } => Some(spec.rescale.is_some()),
-            _ => None,
-        },
-        jpeg: match deg {
-            Degradation::Jpeg { quality } => Some(*quality),
-            _ => None,
-        },
+        sigma,
+        rescaled,
+        jpeg,
         mean_psnr: mean(images.iter().map(|i| i.psnr)),
         mean_ssim: mean(images.iter().map(|i| i.ssim)),
         mean_psnr_y: y_scores.then(|| mean(images.iter().filter_map(|i| i.psnr_y))),
