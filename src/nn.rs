@@ -198,6 +198,21 @@ impl ConverseBlock {
         Ok(self.folded.get_or_init(|| w))
     }
 
+    /// Every tensor the block computes with (gradients to any of them need the reference).
+    fn params(&self) -> Vec<&Tensor> {
+        let mut p = vec![];
+        for (ln, e, r) in [
+            (&self.ln1, &self.expand1, &self.reduce1),
+            (&self.ln2, &self.expand2, &self.reduce2),
+        ] {
+            p.extend([&ln.weight, &ln.bias, &e.weight, &r.weight]);
+            p.extend(e.bias.iter().chain(&r.bias));
+        }
+        p.extend(self.alphas.iter().flat_map(|(a, b)| [a, b]));
+        p.extend([self.converse.weight(), self.converse.bias()]);
+        p
+    }
+
     /// The composed candle ops.
     fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.expand1.forward(&self.ln1.forward(x)?)?.gelu_erf()?;
@@ -218,7 +233,7 @@ impl ConverseBlock {
 
 impl Module for ConverseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match Backend::of(x) {
+        let y = match Backend::for_layer(x, &self.params()) {
             Backend::Fused => x.contiguous()?.apply_op1_no_bwd(&FusedBlock(self)),
             Backend::Reference => self.forward_reference(x),
         };

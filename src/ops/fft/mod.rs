@@ -305,8 +305,10 @@ mod tests {
                         let mut want = 0.0;
                         for u in 0..h {
                             for v in 0..wq {
-                                let t = 2.0 * PI * (((u * i) % h) as f64 / h as f64
-                                    + ((v * j) % w) as f64 / w as f64);
+                                let t = 2.0
+                                    * PI
+                                    * (((u * i) % h) as f64 / h as f64
+                                        + ((v * j) % w) as f64 / w as f64);
                                 let k = u * wq + v;
                                 want += g[k] * t.cos() - g[h * wq + k] * t.sin();
                             }
