@@ -76,6 +76,13 @@ impl Module for Pointwise {
         let (n, c, h, w) = x.dims4()?;
         let y = self.weight.broadcast_matmul(&x.reshape((n, c, h * w))?)?;
         let y = match &self.bias {
+            // A trainable bias's gradient sums the output gradient over every pixel: in f64,
+            // so that f32 keeps it as accurate as PyTorch's pairwise sums (the sum itself, in
+            // f64 then rounded once, is the f32 sum).
+            Some(b) if b.track_op() && y.dtype() == DType::F32 => y
+                .to_dtype(DType::F64)?
+                .broadcast_add(&b.to_dtype(DType::F64)?)?
+                .to_dtype(DType::F32)?,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
