@@ -76,6 +76,13 @@ impl Module for Pointwise {
         let (n, c, h, w) = x.dims4()?;
         let y = self.weight.broadcast_matmul(&x.reshape((n, c, h * w))?)?;
         let y = match &self.bias {
+            // A trainable bias's gradient sums the output gradient over every pixel: in f64,
+            // so that f32 keeps it as accurate as PyTorch's pairwise sums (the sum itself, in
+            // f64 then rounded once, is the f32 sum).
+            Some(b) if b.track_op() && y.dtype() == DType::F32 => y
+                .to_dtype(DType::F64)?
+                .broadcast_add(&b.to_dtype(DType::F64)?)?
+                .to_dtype(DType::F32)?,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
@@ -198,6 +205,21 @@ impl ConverseBlock {
         Ok(self.folded.get_or_init(|| w))
     }
 
+    /// Every tensor the block computes with (gradients to any of them need the reference).
+    fn params(&self) -> Vec<&Tensor> {
+        let mut p = vec![];
+        for (ln, e, r) in [
+            (&self.ln1, &self.expand1, &self.reduce1),
+            (&self.ln2, &self.expand2, &self.reduce2),
+        ] {
+            p.extend([&ln.weight, &ln.bias, &e.weight, &r.weight]);
+            p.extend(e.bias.iter().chain(&r.bias));
+        }
+        p.extend(self.alphas.iter().flat_map(|(a, b)| [a, b]));
+        p.extend([self.converse.weight(), self.converse.bias()]);
+        p
+    }
+
     /// The composed candle ops.
     fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.expand1.forward(&self.ln1.forward(x)?)?.gelu_erf()?;
@@ -227,7 +249,7 @@ impl ConverseBlock {
 
 impl Module for ConverseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match Backend::of(x) {
+        match Backend::for_layer(x, &self.params()) {
             Backend::Fused => x.contiguous()?.apply_op1_no_bwd(&FusedBlock(self)),
             Backend::Reference => self.forward_reference(x),
         }

@@ -5,6 +5,10 @@
 //! Operator cases also hold `weight` and `bias` and describe the layer in their metadata
 //! (`kernel_size`, `scale`, `padding`, `padding_mode`, `eps`); model cases are named by prefix
 //! (`dncnn_`, `srresnet_`, `conversenet_`, `usrnet_`; the last also hold `kernel`).
+//!
+//! Gradient cases (`grad_*`, [`grad`]) check the backward pass the same way, tensor by tensor.
+
+mod grad;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,12 +31,15 @@ pub struct CaseReport {
     pub max_abs_err: f64,
     /// How far the official float32 output is from `y64`.
     pub official: f64,
+    /// The bound, where it is not `max(2 x official, 1e-5)`: a float64 gradient case's
+    /// `1e-8 x max(1, max |tensor|)`.
+    pub limit: Option<f64>,
 }
 
 impl CaseReport {
-    /// The bar: `max(2 x official, 1e-5)`.
+    /// The bar: `max(2 x official, 1e-5)`, or the case's own [`limit`](Self::limit).
     pub fn bound(&self) -> f64 {
-        (2.0 * self.official).max(1e-5)
+        self.limit.unwrap_or((2.0 * self.official).max(1e-5))
     }
 
     pub fn passed(&self) -> bool {
@@ -70,6 +77,8 @@ pub struct Verifier {
     device: Device,
     dtype: DType,
     models: HashMap<ModelKind, Model>,
+    /// Models whose parameters are `Var`s, for the gradient cases.
+    trainable: HashMap<ModelKind, (Model, candle_nn::VarMap)>,
 }
 
 impl Verifier {
@@ -79,6 +88,7 @@ impl Verifier {
             device,
             dtype,
             models: HashMap::new(),
+            trainable: HashMap::new(),
         }
     }
 
@@ -94,34 +104,13 @@ impl Verifier {
             .map_err(|e| anyhow!("'{}' is not a safetensors file: {e}", path.display()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)?;
-        let get = |k: &str| {
-            tensors
-                .get(k)
-                .ok_or_else(|| anyhow!("'{}' has no tensor `{k}`", path.display()))
-        };
-        let num = |k: &str| -> anyhow::Result<f64> {
-            let v = meta
-                .get(k)
-                .ok_or_else(|| anyhow!("'{}' has no metadata `{k}`", path.display()))?;
-            v.parse().map_err(|_| {
-                anyhow!(
-                    "'{}': metadata `{k}` = {v:?} is not a number",
-                    path.display()
-                )
-            })
-        };
-        let official = num("official_f32_max_abs_err_vs_f64")?;
+        if let Some(name) = name.strip_prefix(grad::PREFIX) {
+            return self.run_grad(name, path, &tensors, &meta);
+        }
+        let get = |k: &str| tensor(path, &tensors, k);
+        let official = number(path, &meta, "official_f32_max_abs_err_vs_f64")?;
         let x = get("x")?.to_dtype(self.dtype)?;
-        let (what, y) = if meta.contains_key("kernel_size") && meta.contains_key("padding_mode") {
-            let cfg = Converse2dConfig {
-                kernel_size: num("kernel_size")? as usize,
-                scale: num("scale")? as usize,
-                padding: num("padding")? as usize,
-                padding_mode: meta["padding_mode"]
-                    .parse()
-                    .map_err(|e: String| anyhow!(e))?,
-                eps: num("eps")?,
-            };
+        let (what, y) = if let Some(cfg) = layer_config(path, &meta)? {
             let layer = Converse2d::from_tensors(
                 get("weight")?.to_dtype(self.dtype)?,
                 get("bias")?.to_dtype(self.dtype)?,
@@ -129,18 +118,7 @@ impl Verifier {
             )?;
             ("converse2d".to_owned(), layer.forward(&x)?)
         } else {
-            let kind = ModelKind::ALL
-                .into_iter()
-                .find(|k| name.starts_with(k.info().golden_prefix))
-                .ok_or_else(|| {
-                    let prefixes: Vec<_> = ModelKind::ALL.map(|k| k.info().golden_prefix).into();
-                    anyhow!(
-                        "'{}' is neither an operator case (no layer metadata) nor named after a \
-                         model ({})",
-                        path.display(),
-                        prefixes.join(", ")
-                    )
-                })?;
+            let kind = model_of(path, &name)?;
             if !self.models.contains_key(&kind) {
                 let m = self.locator.load(kind, self.dtype, &self.device)?;
                 self.models.insert(kind, m);
@@ -160,8 +138,69 @@ impl Verifier {
             what,
             max_abs_err: max_abs_diff(&y, y64)?,
             official,
+            limit: None,
         })
     }
+}
+
+/// A tensor of a case.
+fn tensor<'a>(
+    path: &Path,
+    tensors: &'a HashMap<String, Tensor>,
+    k: &str,
+) -> anyhow::Result<&'a Tensor> {
+    tensors
+        .get(k)
+        .ok_or_else(|| anyhow!("'{}' has no tensor `{k}`", path.display()))
+}
+
+/// A number from a case's metadata.
+fn number(path: &Path, meta: &HashMap<String, String>, k: &str) -> anyhow::Result<f64> {
+    let v = meta
+        .get(k)
+        .ok_or_else(|| anyhow!("'{}' has no metadata `{k}`", path.display()))?;
+    v.parse().map_err(|_| {
+        anyhow!(
+            "'{}': metadata `{k}` = {v:?} is not a number",
+            path.display()
+        )
+    })
+}
+
+/// The Converse2D layer an operator case describes, or `None` for a model case.
+fn layer_config(
+    path: &Path,
+    meta: &HashMap<String, String>,
+) -> anyhow::Result<Option<Converse2dConfig>> {
+    if !(meta.contains_key("kernel_size") && meta.contains_key("padding_mode")) {
+        return Ok(None);
+    }
+    let num = |k: &str| number(path, meta, k);
+    Ok(Some(Converse2dConfig {
+        kernel_size: num("kernel_size")? as usize,
+        scale: num("scale")? as usize,
+        padding: num("padding")? as usize,
+        padding_mode: meta["padding_mode"]
+            .parse()
+            .map_err(|e: String| anyhow!(e))?,
+        eps: num("eps")?,
+    }))
+}
+
+/// The model a model case named `name` (without its `grad_` prefix) runs.
+fn model_of(path: &Path, name: &str) -> anyhow::Result<ModelKind> {
+    ModelKind::ALL
+        .into_iter()
+        .find(|k| name.starts_with(k.info().golden_prefix))
+        .ok_or_else(|| {
+            let prefixes: Vec<_> = ModelKind::ALL.map(|k| k.info().golden_prefix).into();
+            anyhow!(
+                "'{}' is neither an operator case (no layer metadata) nor named after a model \
+                 ({})",
+                path.display(),
+                prefixes.join(", ")
+            )
+        })
 }
 
 /// Max abs difference, computed in f64; infinite if a value is not finite.

@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device};
 
 use crate::download;
-use crate::models::{Model, ModelKind};
+use crate::models::{read_file, Model, ModelKind};
+use candle_nn::VarMap;
 
 /// Environment variable naming a weights folder.
 pub const ENV_WEIGHTS: &str = "CONVERSE_WEIGHTS";
@@ -73,11 +74,31 @@ impl WeightsLocator {
     /// Loads `kind`, converting and caching a `.pth` if that is what is found, and downloading
     /// the official one when nothing is (and `download` is on).
     pub fn load(&self, kind: ModelKind, dtype: DType, dev: &Device) -> anyhow::Result<Model> {
+        self.load_with(kind, &|b| Model::load_bytes(kind, b, dtype, dev))
+    }
+
+    /// Loads `kind` as [`load`](Self::load) does, for training: its parameters are `Var`s in
+    /// `dtype` on `dev`, under their state-dict names ([`Model::trainable`]).
+    pub fn load_trainable(
+        &self,
+        kind: ModelKind,
+        dtype: DType,
+        dev: &Device,
+    ) -> anyhow::Result<(Model, VarMap)> {
+        self.load_with(kind, &|b| Model::trainable_bytes(kind, b, dtype, dev))
+    }
+
+    /// [`load`](Self::load), building what `build` makes of the safetensors bytes.
+    fn load_with<T>(
+        &self,
+        kind: ModelKind,
+        build: &dyn Fn(&[u8]) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let st_name = format!("{}.safetensors", kind.id());
         let pth_name = format!("{}.pth", kind.id());
         match self.find(kind) {
-            Some(Found::Safetensors(st)) => return Model::load(kind, &st, dtype, dev),
-            Some(Found::Pth(pth)) => return self.load_pth(kind, &pth, dtype, dev),
+            Some(Found::Safetensors(st)) => return read_file(kind, &st, build),
+            Some(Found::Pth(pth)) => return self.pth_with(kind, &pth, build),
             None => {}
         }
         let download_note = if self.download {
@@ -89,7 +110,7 @@ impl WeightsLocator {
                 )),
             };
             match fetched {
-                Ok(pth) => return self.load_pth(kind, &pth, dtype, dev),
+                Ok(pth) => return self.pth_with(kind, &pth, build),
                 Err(e) => format!("\nThe download failed: {e:#}"),
             }
         } else {
@@ -144,6 +165,16 @@ impl WeightsLocator {
         dtype: DType,
         dev: &Device,
     ) -> anyhow::Result<Model> {
+        self.pth_with(kind, pth, &|b| Model::load_bytes(kind, b, dtype, dev))
+    }
+
+    /// [`load_pth`](Self::load_pth), building what `build` makes of the converted bytes.
+    fn pth_with<T>(
+        &self,
+        kind: ModelKind,
+        pth: &Path,
+        build: &dyn Fn(&[u8]) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let sha = converse_convert::sha256_file(pth)?;
         if sha != kind.sha256() {
             if let Some(other) = ModelKind::ALL.into_iter().find(|k| k.sha256() == sha) {
@@ -167,7 +198,7 @@ impl WeightsLocator {
             .as_ref()
             .map(|c| c.join(format!("{}-{}.safetensors", kind.id(), &sha[..16])));
         if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
-            return Model::load(kind, c, dtype, dev);
+            return read_file(kind, c, build);
         }
         let (_, bytes) = converse_convert::convert_to_bytes(
             pth,
@@ -180,7 +211,6 @@ impl WeightsLocator {
             crate::files::sweep_folders([c.as_path()]);
             let _ = crate::files::write_bytes(c, crate::files::Existing::Keep, &bytes);
         }
-        Model::load_bytes(kind, &bytes, dtype, dev)
-            .with_context(|| format!("cannot load {kind} from '{}'", pth.display()))
+        build(&bytes).with_context(|| format!("cannot load {kind} from '{}'", pth.display()))
     }
 }

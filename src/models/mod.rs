@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use converse_convert::{ModelSpec, ParamSpec};
 
 use crate::ops::Converse2d;
@@ -275,6 +275,53 @@ impl Model {
         if let Some((name, t)) = tensors.iter().find(|(_, t)| t.dtype() != DType::F32) {
             bail!("tensor `{name}` is {:?}, {kind} expects F32", t.dtype())
         }
+        Self::strict(kind, tensors, dtype, dev)
+    }
+
+    /// Builds `kind` for training from a state dict, as strictly as [`Self::from_tensors`]:
+    /// every tensor becomes a [`Var`] in `dtype` on `dev`, under its state-dict name in the
+    /// returned [`VarMap`] (for an optimiser, for gradients by name, and for saving the result
+    /// with the released names). Layers with trainable parameters compute on the reference
+    /// backend, reading their parameters at every call.
+    pub fn trainable(
+        kind: ModelKind,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        dev: &Device,
+    ) -> anyhow::Result<(Self, VarMap)> {
+        if let Some((name, t)) = tensors.iter().find(|(_, t)| t.dtype() != DType::F32) {
+            bail!("tensor `{name}` is {:?}, {kind} expects F32", t.dtype())
+        }
+        let vars = VarMap::new();
+        let mut params = HashMap::new();
+        {
+            let mut data = vars.data().lock().unwrap_or_else(|e| e.into_inner());
+            for (name, t) in tensors {
+                let v = Var::from_tensor(&t.to_dtype(dtype)?.to_device(dev)?)?;
+                params.insert(name.clone(), v.as_tensor().clone());
+                data.insert(name, v);
+            }
+        }
+        Ok((Self::strict(kind, params, dtype, dev)?, vars))
+    }
+
+    /// [`Self::trainable`] from safetensors bytes.
+    pub fn trainable_bytes(
+        kind: ModelKind,
+        bytes: &[u8],
+        dtype: DType,
+        dev: &Device,
+    ) -> anyhow::Result<(Self, VarMap)> {
+        Self::trainable(kind, Self::state_dict(kind, bytes)?, dtype, dev)
+    }
+
+    /// Builds `kind` from `tensors`: each must be used, with its exact shape.
+    fn strict(
+        kind: ModelKind,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
         let store = Arc::new(ParamStore {
             tensors: Some(tensors),
             seen: Mutex::default(),
@@ -297,10 +344,7 @@ impl Model {
 
     /// Loads `kind` from a safetensors file (as written by `converse convert`).
     pub fn load(kind: ModelKind, path: &Path, dtype: DType, dev: &Device) -> anyhow::Result<Self> {
-        let bytes = crate::files::read_regular(path, MAX_SAFETENSORS_BYTES)
-            .with_context(|| format!("cannot read '{}'", path.display()))?;
-        Self::load_bytes(kind, &bytes, dtype, dev)
-            .with_context(|| format!("cannot load {kind} from '{}'", path.display()))
+        read_file(kind, path, |b| Self::load_bytes(kind, b, dtype, dev))
     }
 
     /// Loads `kind` from safetensors bytes.
@@ -310,6 +354,12 @@ impl Model {
         dtype: DType,
         dev: &Device,
     ) -> anyhow::Result<Self> {
+        Self::from_tensors(kind, Self::state_dict(kind, bytes)?, dtype, dev)
+    }
+
+    /// The tensors of safetensors bytes meant for `kind` (refused when their metadata names
+    /// another model), on the CPU.
+    fn state_dict(kind: ModelKind, bytes: &[u8]) -> anyhow::Result<HashMap<String, Tensor>> {
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
         if let Some(model) = meta
@@ -321,8 +371,7 @@ impl Model {
                 bail!("the file holds {model} weights, not {kind}")
             }
         }
-        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
-        Self::from_tensors(kind, tensors, dtype, dev)
+        Ok(candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?)
     }
 
     /// The model's Converse2D layers with learned kernels.
@@ -366,6 +415,18 @@ impl Model {
         check_finite(&y)?;
         Ok(y)
     }
+}
+
+/// Reads the safetensors file `path` and builds `kind` from its bytes with `build` (a model to
+/// run, or one to train), the errors naming the file.
+pub(crate) fn read_file<T>(
+    kind: ModelKind,
+    path: &Path,
+    build: impl FnOnce(&[u8]) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let bytes = crate::files::read_regular(path, MAX_SAFETENSORS_BYTES)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    build(&bytes).with_context(|| format!("cannot load {kind} from '{}'", path.display()))
 }
 
 /// Refuses a model output holding NaN or infinity: written out, it would be an image of

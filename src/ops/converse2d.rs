@@ -7,7 +7,9 @@
 //! ([`super::transfer`]). [`solve`] takes the kernels per call (Converse-USRNet's data module);
 //! the learned layer [`Converse2d`] keeps its transfer functions on the reference path. Both run
 //! the fused CPU kernels for f32 on the CPU and the composed candle ops ([`solve_reference`])
-//! everywhere else.
+//! everywhere else, and whenever a gradient is to flow: to the input, or to the kernels and `λ`
+//! (then the transfer functions are built with candle ops too, [`super::grad`], and nothing is
+//! cached).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -90,13 +92,17 @@ pub fn solve(
     mode: PaddingMode,
 ) -> Result<Tensor> {
     let taps = Taps::new(kernel, lam)?;
-    solve_with(x, Source::PerCall(&taps), scale, padding, mode)
+    let tracked = (kernel.track_op() || lam.track_op()).then_some((kernel, lam));
+    solve_with(x, Source::PerCall(&taps), tracked, scale, padding, mode)
 }
 
-/// The solve, on the backend [`Backend::of`] picks for `x`.
+/// The solve, on the backend [`Backend::of`] picks for `x`; with `tracked`, the kernels and `λ`
+/// that gradients are to reach, on the reference backend with transfer functions made of candle
+/// ops.
 fn solve_with(
     x: &Tensor,
     source: Source,
+    tracked: Option<(&Tensor, &Tensor)>,
     scale: usize,
     padding: usize,
     mode: PaddingMode,
@@ -120,6 +126,10 @@ fn solve_with(
     check_padding(mode, padding, w)?;
     let (hp, wp) = (h + 2 * padding, w + 2 * padding);
     taps.check_fits((hp, wp), scale)?;
+    if let Some((kernel, lam)) = tracked {
+        let g = super::grad::planar(kernel, lam, (hp, wp), scale)?;
+        return solve_reference(x, &g, scale, padding, mode);
+    }
     match Backend::of(x) {
         Backend::Fused => {
             let filters = Filters(taps);
@@ -222,6 +232,7 @@ impl CustomOp1 for FusedSolve<'_> {
 #[derive(Debug)]
 pub struct Converse2d {
     weight: Tensor,
+    bias: Tensor,
     lambda: Tensor,
     taps: Taps,
     config: Converse2dConfig,
@@ -255,6 +266,7 @@ impl Converse2d {
             taps: Taps::new(&weight, &lambda)?,
             lambda,
             weight,
+            bias,
             config,
             cache: Cache::default(),
         })
@@ -267,6 +279,11 @@ impl Converse2d {
     /// The kernels `(1, C, k, k)`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The bias `(1, C, 1, 1)` (`λ = sigmoid(bias - 9) + eps`).
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 
     /// `λ` `(1, C, 1, 1)`.
@@ -295,7 +312,15 @@ impl Module for Converse2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.config;
         let source = Source::Layer(&self.taps, &self.cache);
-        solve_with(x, source, c.scale, c.padding, c.padding_mode)
+        // Trainable weights are read as they are now (an optimiser updates them in place).
+        let lam;
+        let tracked = if self.weight.track_op() || self.bias.track_op() {
+            lam = lambda(&self.bias, c.eps)?;
+            Some((&self.weight, &lam))
+        } else {
+            None
+        };
+        solve_with(x, source, tracked, c.scale, c.padding, c.padding_mode)
     }
 }
 

@@ -5,10 +5,15 @@
 //! data step) asks [`Backend::of`] once per call: f32 on the CPU takes the fused kernels of
 //! [`cpu`]; everything else (other devices, f64) takes the same maths composed of candle ops,
 //! which is also the reference the fused kernels are tested against.
+//!
+//! The fused kernels have no backward: a layer takes the reference whenever a gradient is to
+//! flow through it ([`Backend::for_layer`]), to its input or to its parameters (candle `Var`s,
+//! or tensors made from them), and candle's autograd differentiates the composed ops.
 
 pub mod converse2d;
 pub(crate) mod cpu;
 pub mod fft;
+pub(crate) mod grad;
 pub mod pad;
 pub mod profile;
 pub mod resize;
@@ -41,13 +46,26 @@ thread_local! {
 
 impl Backend {
     /// The backend for input `x`: [`Backend::Fused`] for f32 on the CPU, else
-    /// [`Backend::Reference`] (and always the reference inside [`with_reference`]).
+    /// [`Backend::Reference`] (and always the reference inside [`with_reference`], or when `x`
+    /// carries gradients).
     pub fn of(x: &Tensor) -> Self {
-        let fused = x.device().is_cpu() && x.dtype() == DType::F32;
+        let fused = x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op();
         if fused && !FORCE_REFERENCE.with(Cell::get) {
             Self::Fused
         } else {
             Self::Reference
+        }
+    }
+}
+
+impl Backend {
+    /// The backend for input `x` to a layer with parameters `params`: [`Backend::of`], or the
+    /// reference when a gradient is to flow to any of the parameters.
+    pub fn for_layer(x: &Tensor, params: &[&Tensor]) -> Self {
+        if params.iter().any(|p| p.track_op()) {
+            Self::Reference
+        } else {
+            Self::of(x)
         }
     }
 }

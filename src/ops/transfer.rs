@@ -78,7 +78,7 @@ impl Taps {
 }
 
 /// `(cos, sin)` of `2 pi t / n`, the angle reduced exactly first.
-fn unit(t: isize, n: usize) -> (f64, f64) {
+pub(crate) fn unit(t: isize, n: usize) -> (f64, f64) {
     let a = 2.0 * PI * t.rem_euclid(n as isize) as f64 / n as f64;
     (a.cos(), a.sin())
 }

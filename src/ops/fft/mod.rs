@@ -6,6 +6,10 @@
 //! | the lane FFT: complex 1-D FFTs over vectors of 8 f32 | `crate::ops::cpu::lanes` | the fused f32 CPU solve (`crate::ops::cpu::solve`) |
 //! | the separable DFT of a kernel's taps, in f64 | [`crate::ops::transfer`] | building transfer functions for both solves |
 //! | a plain O(N²) DFT | `reference` (tests only) | checking the others |
+//!
+//! [`rfft2`] and [`irfft2`] have their backward ([`CustomOp1::bwd`]), each the other transform
+//! with the adjoint's weights, so candle's autograd differentiates the reference solve on every
+//! device.
 
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
@@ -22,7 +26,7 @@ pub fn rfft2(x: &Tensor) -> Result<Tensor> {
     if x.rank() < 2 {
         candle_core::bail!("rfft2 needs at least 2 dims, got {:?}", x.shape())
     }
-    x.contiguous()?.apply_op1_no_bwd(&Rfft2)
+    x.contiguous()?.apply_op1(Rfft2)
 }
 
 /// Inverse of [`rfft2`]: `(.., 2, H, W/2+1)` to real `(.., H, width)`, normalised by `1/(H*W)`.
@@ -34,7 +38,55 @@ pub fn irfft2(x: &Tensor, width: usize) -> Result<Tensor> {
             x.shape()
         )
     }
-    x.contiguous()?.apply_op1_no_bwd(&Irfft2 { width })
+    x.contiguous()?.apply_op1(Irfft2 { width })
+}
+
+/// The columns `v < W/2+1` of a half spectrum over `W` that are their own mirror image (`v = 0`
+/// and, for even `W`, `v = W/2`), as a `(W/2+1)` mask of ones, in `like`'s dtype and device.
+fn self_conjugate_columns(w: usize, like: &Tensor) -> Result<Tensor> {
+    let m: Vec<f64> = (0..w / 2 + 1)
+        .map(|v| if v == 0 || 2 * v == w { 1.0 } else { 0.0 })
+        .collect();
+    Tensor::from_vec(m, w / 2 + 1, &candle_core::Device::Cpu)?
+        .to_dtype(like.dtype())?
+        .to_device(like.device())
+}
+
+/// The adjoint of [`rfft2`] for input width `w`: `g` `(.., 2, H, W/2+1)` to
+/// `Re sum_{u, v} (g_re + i g_im)[u, v] e^{2 pi i (u i / H + v j / W)}` `(.., H, W)`.
+///
+/// That is `H W` times the inverse transform of `g` with its mirrored columns halved (the
+/// inverse counts them twice) and its self-conjugate columns made Hermitian along `H`
+/// (`(g[u] + conj(g[-u])) / 2`, whose inverse is real and equals the real part asked for), so
+/// every inverse transform gives the same answer.
+fn rfft2_adjoint(g: &Tensor, w: usize) -> Result<Tensor> {
+    let d = g.dims();
+    let (r, h) = (d.len(), d[d.len() - 2]);
+    let mirror: Vec<u32> = (0..h).map(|u| ((h - u) % h) as u32).collect();
+    let mirror = Tensor::from_vec(mirror, h, g.device())?;
+    let flipped = g.index_select(&mirror, r - 2)?;
+    let mut sign = vec![1usize; r];
+    sign[r - 3] = 2;
+    let sign = Tensor::from_vec(vec![1.0, -1.0], 2, &candle_core::Device::Cpu)?
+        .to_dtype(g.dtype())?
+        .to_device(g.device())?
+        .reshape(&sign[..])?;
+    let hermitian = ((g + flipped.broadcast_mul(&sign)?)? * 0.5)?;
+    let m = self_conjugate_columns(w, g)?;
+    let rest = ((m.ones_like()? - &m)? * 0.5)?;
+    let z = (hermitian.broadcast_mul(&m)? + g.broadcast_mul(&rest)?)?;
+    irfft2(&z, w)? * (h * w) as f64
+}
+
+/// The adjoint of [`irfft2`] (on the half spectra of real signals, the only ones it is defined
+/// for): `rfft2(g)` with every column weighted by how often the inverse counts it (once for the
+/// self-conjugate columns, twice for the others), over `H W`.
+fn irfft2_adjoint(g: &Tensor) -> Result<Tensor> {
+    let d = g.dims();
+    let (h, w) = (d[d.len() - 2], d[d.len() - 1]);
+    let m = self_conjugate_columns(w, g)?;
+    let weight = ((m.ones_like()? * 2.0)? - &m)? / (h * w) as f64;
+    rfft2(&g.contiguous()?)?.broadcast_mul(&weight?)
 }
 
 /// Drops the cached plans: the CPU ones (a few KB per transform size) and, in a CUDA build, the
@@ -93,6 +145,10 @@ impl CustomOp1 for Rfft2 {
         }
         Ok((cuda::rfft(s, l, h, w)?, shape))
     }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(rfft2_adjoint(grad, arg.dim(candle_core::D::Minus1)?)?))
+    }
 }
 
 impl CustomOp1 for Irfft2 {
@@ -122,6 +178,10 @@ impl CustomOp1 for Irfft2 {
             return Ok((empty(s, &shape)?, shape));
         }
         Ok((cuda::irfft(s, l, h, self.width)?, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(irfft2_adjoint(grad)?))
     }
 }
 
@@ -219,6 +279,97 @@ mod tests {
             .contains("unsupported dtype"));
         let t = Tensor::zeros((2, 4, 3), DType::F32, &Device::Cpu).unwrap();
         assert!(irfft2(&t, 6).is_err());
+    }
+
+    /// The backward of `rfft2` is the adjoint of the plain DFT: for the loss
+    /// `sum(rfft2(x) * g)`, `dx[i, j] = sum_{u, v} g_re cos t - g_im sin t` with
+    /// `t = 2 pi (u i / H + v j / W)`, over the half spectrum, for odd, even and unit sizes.
+    #[test]
+    fn rfft2_backward_is_the_plain_dft_adjoint() {
+        use std::f64::consts::PI;
+        for &(h, w) in &[(1, 1), (4, 6), (5, 7), (6, 5), (3, 2), (2, 1), (7, 4)] {
+            let wq = w / 2 + 1;
+            let x = noise(3 * h * w, (h * 13 + w) as u64);
+            let g = noise(3 * 2 * h * wq, (h * 17 + w) as u64);
+            let x = candle_core::Var::from_vec(x, (3, h, w), &Device::Cpu).unwrap();
+            let gt = Tensor::from_vec(g.clone(), (3, 2, h, wq), &Device::Cpu).unwrap();
+            let loss = (rfft2(&x).unwrap() * &gt).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let dx = grads.get(&x).unwrap().flatten_all().unwrap();
+            let dx = dx.to_vec1::<f64>().unwrap();
+            for c in 0..3 {
+                let g = &g[c * 2 * h * wq..][..2 * h * wq];
+                for i in 0..h {
+                    for j in 0..w {
+                        let mut want = 0.0;
+                        for u in 0..h {
+                            for v in 0..wq {
+                                let t = 2.0
+                                    * PI
+                                    * (((u * i) % h) as f64 / h as f64
+                                        + ((v * j) % w) as f64 / w as f64);
+                                let k = u * wq + v;
+                                want += g[k] * t.cos() - g[h * wq + k] * t.sin();
+                            }
+                        }
+                        let got = dx[(c * h + i) * w + j];
+                        assert!((got - want).abs() < 1e-12, "{h}x{w} at {c},{i},{j}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A filter through both transforms, `sum(irfft2(rfft2(x) · rfft2(k)) * g)`, differentiated
+    /// by autograd (through both backwards) and by central finite differences in f64, with
+    /// respect to the signal `x` and the filter `k`.
+    #[test]
+    fn both_backwards_match_finite_differences() {
+        let dev = Device::Cpu;
+        for &(h, w) in &[(4, 6), (5, 7), (6, 5), (3, 2), (1, 4)] {
+            let n = 2 * h * w;
+            let x0 = noise(n, (h * 3 + w) as u64);
+            let k0 = noise(n, (h * 5 + w) as u64);
+            let g = Tensor::from_vec(noise(n, (h * 7 + w) as u64), (2, h, w), &dev).unwrap();
+            let loss = |x: &Tensor, k: &Tensor| {
+                let (a, b) = (rfft2(x).unwrap(), rfft2(k).unwrap());
+                let part = |t: &Tensor, i| t.narrow(1, i, 1).unwrap();
+                let (ar, ai, br, bi) = (part(&a, 0), part(&a, 1), part(&b, 0), part(&b, 1));
+                let re = ((&ar * &br).unwrap() - (&ai * &bi).unwrap()).unwrap();
+                let im = ((&ar * &bi).unwrap() + (&ai * &br).unwrap()).unwrap();
+                let y = irfft2(&Tensor::cat(&[re, im], 1).unwrap(), w).unwrap();
+                (y * &g).unwrap().sum_all().unwrap()
+            };
+            let x = candle_core::Var::from_vec(x0.clone(), (2, h, w), &dev).unwrap();
+            let k = candle_core::Var::from_vec(k0.clone(), (2, h, w), &dev).unwrap();
+            let grads = loss(&x, &k).backward().unwrap();
+            let value = |x: &[f64], k: &[f64]| {
+                let t = |v: &[f64]| Tensor::from_vec(v.to_vec(), (2, h, w), &dev).unwrap();
+                loss(&t(x), &t(k)).to_scalar::<f64>().unwrap()
+            };
+            let eps = 1e-6;
+            for (var, which) in [(&x, 0), (&k, 1)] {
+                let got = grads.get(var).unwrap().flatten_all().unwrap();
+                let got = got.to_vec1::<f64>().unwrap();
+                for i in 0..n {
+                    let (mut a, mut b) = ((x0.clone(), k0.clone()), (x0.clone(), k0.clone()));
+                    if which == 0 {
+                        a.0[i] += eps;
+                        b.0[i] -= eps;
+                    } else {
+                        a.1[i] += eps;
+                        b.1[i] -= eps;
+                    }
+                    let fd = (value(&a.0, &a.1) - value(&b.0, &b.1)) / (2.0 * eps);
+                    assert!(
+                        (got[i] - fd).abs() < 1e-7 * fd.abs().max(1.0),
+                        "{h}x{w} d{} [{i}]: {} vs {fd}",
+                        ["x", "k"][which],
+                        got[i]
+                    );
+                }
+            }
+        }
     }
 
     /// cuFFT against the CPU transforms, on a machine with a GPU (skipped elsewhere).
