@@ -8,16 +8,14 @@
 //! the learned layer [`Converse2d`] keeps its transfer functions. Both run the fused CPU kernels
 //! for f32 on the CPU and the composed candle ops ([`solve_reference`]) everywhere else.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use candle_core::Tensor;
-use candle_core::{CpuStorage, CustomOp1, DType, DeviceLocation, Layout, Module, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape};
 use candle_nn::VarBuilder;
 
-use super::cpu::solve::{lock, FilterCache, Filters, Geometry};
+use super::cpu::solve::{FilterCache, Filters, Geometry};
 use super::fft::{irfft2, rfft2};
 use super::pad::{check_padding, pad2d, PaddingMode};
+use super::planar_cache::PlanarCache;
 use super::transfer::{self, Taps};
 use super::Backend;
 
@@ -55,11 +53,12 @@ pub fn lambda(b: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// A layer's transfer functions, kept per size: in the lane layout for the fused kernels, and
-/// as planar tensors per dtype and device for the reference path.
+/// as planar tensors for the reference path (one size, within a process-wide byte budget:
+/// [`super::planar_cache`]).
 #[derive(Debug, Default)]
 struct Cache {
     lanes: FilterCache,
-    planar: Mutex<HashMap<(usize, usize, DType, DeviceLocation), Tensor>>,
+    planar: PlanarCache,
 }
 
 /// Where the solve's transfer functions come from.
@@ -135,15 +134,7 @@ fn solve_with(
             let g = match source {
                 Source::Layer(_, cache) => {
                     let key = (hp, wp, x.dtype(), x.device().location());
-                    let mut planar = lock(&cache.planar);
-                    match planar.get(&key) {
-                        Some(g) => g.clone(),
-                        None => {
-                            let g = make()?;
-                            planar.insert(key, g.clone());
-                            g
-                        }
-                    }
+                    cache.planar.get_or_make(key, make)?
                 }
                 Source::PerCall(_) => make()?,
             };
@@ -280,8 +271,9 @@ impl Converse2d {
     /// Whether the fused CPU kernels keep the transfer functions they build, per input size, for
     /// the next call (off by default: building them costs about one FFT pass per call, keeping
     /// them as much memory as the layer's spectra). Models turn it on after their first call.
-    /// The reference path always keeps its planar transfer functions, since a device would
-    /// otherwise receive them on every call.
+    /// The reference path always keeps its planar transfer functions (one size, within a byte
+    /// budget: [`super::planar_cache`]), since a device would otherwise receive them on every
+    /// call.
     pub fn keep_transfer_functions(&self, on: bool) {
         self.cache.lanes.keep(on)
     }
@@ -289,7 +281,7 @@ impl Converse2d {
     /// Drops the transfer functions kept for the sizes seen so far.
     pub fn clear_cache(&self) {
         self.cache.lanes.clear();
-        lock(&self.cache.planar).clear();
+        self.cache.planar.clear();
     }
 
     /// The fused kernels' view of the layer: its geometry at input size `(h, w)` and its filters.
@@ -316,7 +308,7 @@ mod tests {
     use super::*;
     use crate::ops::fft::reference::dft2;
     use crate::ops::with_reference;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();

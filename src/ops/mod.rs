@@ -10,6 +10,7 @@ pub mod converse2d;
 pub(crate) mod cpu;
 pub mod fft;
 pub mod pad;
+pub mod planar_cache;
 pub mod profile;
 pub mod resize;
 pub(crate) mod transfer;
