@@ -312,9 +312,10 @@ mod tests {
             vec![(0, 1), (1, 1), (2, 1)]
         );
         assert_eq!(chunks("t", 0, 15, 24, 24).unwrap(), vec![]);
-        let e = chunks("rfft2", 3, 15, 24, 23).unwrap_err();
+        let e = chunks("rfft2", 3, 15, 24, 23).unwrap_err().to_string();
+        let first = e.lines().next().unwrap_or_default();
         assert_eq!(
-            e.to_string(),
+            first,
             "rfft2: one plane of 15 values is too large for the FFT library"
         );
     }
