@@ -90,7 +90,6 @@ fn gradients_meet_their_bounds_in_f32() {
 }
 
 #[test]
-#[ignore = "model cases ~2e-6 off in f64: candle's GeluErf backward rounds 1/sqrt(2 pi) to 0.398942"]
 fn gradients_meet_their_bounds_in_f64() {
     gradients_meet_their_bounds(DType::F64);
 }

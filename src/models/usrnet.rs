@@ -12,7 +12,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::conversenet::{self, BlockStack};
 use super::{ModelInfo, Network, Task};
-use crate::nn::Pointwise;
+use crate::nn::{gelu_erf, Pointwise};
 use crate::ops::converse2d::{lambda, solve};
 use crate::ops::{Converse2d, PaddingMode};
 
@@ -94,8 +94,8 @@ impl KernelNet {
 impl Module for KernelNet {
     fn forward(&self, k: &Tensor) -> Result<Tensor> {
         let b = k.dim(0)?;
-        let h = self.fc1.forward(&k.reshape((b, ()))?)?.gelu_erf()?;
-        let h = self.fc2.forward(&h)?.gelu_erf()?;
+        let h = gelu_erf(&self.fc1.forward(&k.reshape((b, ()))?)?)?;
+        let h = gelu_erf(&self.fc2.forward(&h)?)?;
         self.fc3
             .forward(&h)?
             .reshape((b, self.maps, self.k, self.k))

@@ -11,16 +11,14 @@
 //! (then the transfer functions are built with candle ops too, [`super::grad`], and nothing is
 //! cached).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use candle_core::Tensor;
-use candle_core::{CpuStorage, CustomOp1, DType, DeviceLocation, Layout, Module, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape};
 use candle_nn::VarBuilder;
 
-use super::cpu::solve::{lock, Filters, Geometry};
+use super::cpu::solve::{Filters, Geometry};
 use super::fft::{irfft2, rfft2};
 use super::pad::{check_padding, pad2d, PaddingMode};
+use super::planar_cache::PlanarCache;
 use super::transfer::{self, Taps};
 use super::Backend;
 
@@ -57,11 +55,11 @@ pub fn lambda(b: &Tensor, eps: f64) -> Result<Tensor> {
     candle_nn::ops::sigmoid(&(b - 9.0)?)? + eps
 }
 
-/// A layer's planar transfer functions for the reference path, kept per size, dtype and device
-/// (the fused kernels make theirs per call).
+/// A layer's planar transfer functions for the reference path: one size, within a process-wide
+/// byte budget ([`super::planar_cache`]); the fused kernels make theirs per call.
 #[derive(Debug, Default)]
 struct Cache {
-    planar: Mutex<HashMap<(usize, usize, DType, DeviceLocation), Tensor>>,
+    planar: PlanarCache,
 }
 
 /// Where the solve's transfer functions come from.
@@ -142,15 +140,7 @@ fn solve_with(
             let g = match source {
                 Source::Layer(_, cache) => {
                     let key = (hp, wp, x.dtype(), x.device().location());
-                    let mut planar = lock(&cache.planar);
-                    match planar.get(&key) {
-                        Some(g) => g.clone(),
-                        None => {
-                            let g = make()?;
-                            planar.insert(key, g.clone());
-                            g
-                        }
-                    }
+                    cache.planar.get_or_make(key, make)?
                 }
                 Source::PerCall(_) => make()?,
             };
@@ -291,10 +281,10 @@ impl Converse2d {
         &self.lambda
     }
 
-    /// Drops the transfer functions the reference path kept for the sizes seen so far (a device
-    /// would otherwise receive them on every call; the fused kernels make theirs per call).
+    /// Drops the transfer functions the reference path kept (a device would otherwise receive
+    /// them on every call; the fused kernels make theirs per call).
     pub fn clear_cache(&self) {
-        lock(&self.cache.planar).clear();
+        self.cache.planar.clear();
     }
 
     /// The fused kernels' view of the layer: its geometry at input size `(h, w)` and its filters.
@@ -329,7 +319,7 @@ mod tests {
     use super::*;
     use crate::ops::fft::reference::dft2;
     use crate::ops::with_reference;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
@@ -592,7 +582,7 @@ mod tests {
         let first = layer.forward(&x).unwrap();
         let again = layer.forward(&x).unwrap();
         assert_eq!(max_diff(&first, &again), 0.0);
-        let kept = || lock(&layer.cache.planar).len();
+        let kept = || layer.cache.planar.len();
         assert_eq!(kept(), 0);
         let reference = with_reference(|| layer.forward(&x).unwrap());
         assert_eq!(kept(), 1);

@@ -15,6 +15,7 @@ pub(crate) mod cpu;
 pub mod fft;
 pub(crate) mod grad;
 pub mod pad;
+pub mod planar_cache;
 pub mod profile;
 pub mod resize;
 pub(crate) mod transfer;

@@ -15,7 +15,6 @@ use anyhow::{anyhow, bail};
 use candle_core::{DType, Module, Tensor, Var};
 
 use super::{layer_config, max_abs_diff, model_of, number, tensor, CaseReport, Verifier};
-use crate::models::ModelKind;
 use crate::ops::Converse2d;
 
 /// The file-name prefix of gradient cases.

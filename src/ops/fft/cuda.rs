@@ -3,18 +3,19 @@
 //! (D2Z/Z2D).
 //!
 //! cuFFT's half spectra are interleaved complex `(.., H, W/2+1)`; the op's are planar
-//! `(.., 2, H, W/2+1)`. The conversion is one strided copy on the device with candle's own kernels:
-//! - forward: R2C into an interleaved buffer, seen as `(n, H, Wq, 2)`, then copied through the
-//!   permutation `(n, 2, H, Wq)` into the output;
-//! - inverse: the planar input seen through the permutation `(n, H, Wq, 2)` is scaled by
-//!   `1/(H*W)` into a fresh interleaved buffer (`affine`, one pass doing both), then C2R. C2R may
-//!   overwrite its input, which is that private buffer.
+//! `(.., 2, H, W/2+1)`. The conversion, offsets, batching and chunking are [`super::glue`]'s,
+//! shared with its CPU tests; this file gives it the device's storage (candle's strided copy and
+//! `affine` kernels, a device-to-device copy) and cuFFT's transforms ([`Cufft`]).
 //!
 //! Plans are cached per (device, host thread, H, W, batch, transform) and bound to candle's stream
 //! of the device (its per-thread default stream, hence the thread in the key: one plan's work area
-//! is never shared by two streams). The cache keeps the last [`MAX_PLANS`] plans: a plan holds a
-//! work area on the GPU about the size of its data. [`clear_plans`] drops them all.
+//! is never shared by two streams). The cache keeps the last [`MAX_PLANS`] plans, enough for one
+//! forward pass of each released model ([`super::tests`] lists their keys): a plan holds a work
+//! area on the GPU about the size of its data. A plan that fails to allocate is made once more
+//! after the cache is cleared. [`clear_plans`] drops them all.
 
+use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 
@@ -25,8 +26,10 @@ use cudarc::cufft::result::CufftError;
 use cudarc::cufft::{sys, CudaFft};
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
+use super::glue::{self, Interleaved, CUFFT_MAX_ELEMS};
+
 /// How many plans the cache keeps (the most recently used).
-const MAX_PLANS: usize = 8;
+pub(super) const MAX_PLANS: usize = super::MAX_PLANS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Direction {
@@ -128,7 +131,8 @@ impl Float for f64 {
     }
 }
 
-/// The plan for `batch` planes of `(h, w)`, from the cache or made (and cached).
+/// The plan for `batch` planes of `(h, w)`, from the cache or made (and cached). A plan whose
+/// work area does not fit is made once more after the cache (and its work areas) is dropped.
 fn plan<T: Float>(
     dev: &CudaDevice,
     h: usize,
@@ -157,19 +161,29 @@ fn plan<T: Float>(
         Direction::Inverse => ("irfft2", T::C2R),
     };
     let dim = |v: usize| i32::try_from(v).map_err(|_| too_large(op, h, w));
+    let (h32, w32, b32) = (dim(h)?, dim(w)?, dim(batch)?);
     // inembed/onembed NULL: the default packed layouts, real (h, w) and complex (h, w/2+1).
-    let plan = CudaFft::plan_many(
-        &[dim(h)?, dim(w)?],
-        None,
-        1,
-        0,
-        None,
-        1,
-        0,
-        kind,
-        dim(batch)?,
-        dev.cuda_stream(),
-    )
+    let make = || {
+        CudaFft::plan_many(
+            &[h32, w32],
+            None,
+            1,
+            0,
+            None,
+            1,
+            0,
+            kind,
+            b32,
+            dev.cuda_stream(),
+        )
+    };
+    let plan = match make() {
+        Err(CufftError(sys::cufftResult::CUFFT_ALLOC_FAILED)) if !cache.is_empty() => {
+            cache.clear();
+            make()
+        }
+        r => r,
+    }
     .map_err(|e| cufft_error(op, &format!("plan for {batch} x {h}x{w}"), e))?;
     let plan = Arc::new(plan);
     if cache.len() >= MAX_PLANS {
@@ -183,31 +197,120 @@ fn too_large(op: &str, h: usize, w: usize) -> candle_core::Error {
     candle_core::Error::Cuda(format!("{op}: a {h}x{w} plane is too large for cuFFT").into())
 }
 
-/// Planes per cuFFT call: every element offset of one call must fit an `i32`.
-fn chunk(op: &str, plane: usize, h: usize, w: usize) -> Result<usize> {
-    match i32::MAX as usize / plane.max(1) {
-        0 => Err(too_large(op, h, w)),
-        n => Ok(n),
+/// The device's storage and cuFFT, for [`glue`].
+struct Cufft<'a, T> {
+    dev: &'a CudaDevice,
+    float: PhantomData<T>,
+}
+
+impl<T: Float> Cufft<'_, T> {
+    /// Binds the device's context to this thread (cuFFT calls run outside candle's own).
+    fn bind(&self, op: &str) -> Result<()> {
+        self.dev
+            .cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| driver_error(op, e))
     }
 }
 
-/// `s` seen through `l` as a contiguous storage and its start offset: `s` itself when `l` is
-/// contiguous, else a contiguous copy.
-fn contiguous(s: &CudaStorage, l: &Layout) -> Result<(Option<CudaStorage>, usize)> {
-    if l.is_contiguous() {
-        return Ok((None, l.start_offset()));
+/// Refuses an offset cuFFT would fault on (the glue never makes one): a misaligned address is
+/// a sticky CUDA error that fails every later call in the process.
+fn check_aligned(op: &str, at: usize) -> Result<()> {
+    if at % 2 != 0 {
+        return Err(candle_core::Error::Cuda(
+            format!("{op}: offset {at} is not complex-aligned").into(),
+        ));
     }
-    // SAFETY: every element is written by the copy below.
-    let mut dst = unsafe { s.device.alloc_uninit(l.shape(), s.dtype()) }?;
-    s.copy_strided_src(&mut dst, 0, l)?;
-    Ok((Some(dst), 0))
+    Ok(())
+}
+
+impl<T: Float> Interleaved for Cufft<'_, T> {
+    type Buf = CudaStorage;
+
+    fn alloc(&self, len: usize) -> Result<CudaStorage> {
+        // SAFETY: the glue writes every element before reading it.
+        unsafe { self.dev.alloc_uninit(&Shape::from(len), T::DTYPE) }
+    }
+
+    fn gather(&self, src: &CudaStorage, layout: &Layout, scale: f64) -> Result<CudaStorage> {
+        if scale != 1.0 {
+            return src.affine(layout, scale, 0.0);
+        }
+        // SAFETY: the copy writes every element.
+        let mut dst = unsafe { self.dev.alloc_uninit(layout.shape(), T::DTYPE) }?;
+        src.copy_strided_src(&mut dst, 0, layout)?;
+        Ok(dst)
+    }
+
+    fn copy(
+        &self,
+        src: &CudaStorage,
+        from: Range<usize>,
+        dst: &mut CudaStorage,
+        at: usize,
+    ) -> Result<()> {
+        let len = from.len();
+        let src = T::as_cuda_slice(src)?.slice(from);
+        let mut dst = T::as_cuda_slice_mut(dst)?.slice_mut(at..at + len);
+        self.dev.memcpy_dtod(&src, &mut dst)
+    }
+
+    fn r2c(
+        &self,
+        (h, w, batch): (usize, usize, usize),
+        x: &CudaStorage,
+        x_at: usize,
+        y: &mut CudaStorage,
+        y_at: usize,
+    ) -> Result<()> {
+        check_aligned("rfft2", x_at)?;
+        check_aligned("rfft2", y_at)?;
+        self.bind("rfft2")?;
+        let plan = plan::<T>(self.dev, h, w, batch, Direction::Forward)?;
+        let wq = w / 2 + 1;
+        let xv = T::as_cuda_slice(x)?.slice(x_at..x_at + batch * h * w);
+        let mut yv = T::as_cuda_slice_mut(y)?.slice_mut(y_at..y_at + batch * h * wq * 2);
+        // SAFETY: a complex value is two reals; the view holds batch * h * wq of them.
+        let mut yc = unsafe { yv.transmute_mut::<T::Complex>(batch * h * wq) }
+            .ok_or_else(|| candle_core::Error::Cuda("rfft2: bad spectrum view".into()))?;
+        T::r2c(&plan, &xv, &mut yc).map_err(|e| cufft_error("rfft2", "R2C", e))
+    }
+
+    fn c2r(
+        &self,
+        (h, w, batch): (usize, usize, usize),
+        x: &mut CudaStorage,
+        x_at: usize,
+        y: &mut CudaStorage,
+        y_at: usize,
+    ) -> Result<()> {
+        check_aligned("irfft2", x_at)?;
+        check_aligned("irfft2", y_at)?;
+        self.bind("irfft2")?;
+        let plan = plan::<T>(self.dev, h, w, batch, Direction::Inverse)?;
+        let wq = w / 2 + 1;
+        let mut xv = T::as_cuda_slice_mut(x)?.slice_mut(x_at..x_at + batch * h * wq * 2);
+        // SAFETY: a complex value is two reals; the view holds batch * h * wq of them.
+        let mut xc = unsafe { xv.transmute_mut::<T::Complex>(batch * h * wq) }
+            .ok_or_else(|| candle_core::Error::Cuda("irfft2: bad spectrum view".into()))?;
+        let mut yv = T::as_cuda_slice_mut(y)?.slice_mut(y_at..y_at + batch * h * w);
+        T::c2r(&plan, &mut xc, &mut yv).map_err(|e| cufft_error("irfft2", "C2R", e))
+    }
+}
+
+fn backend<T>(s: &CudaStorage) -> Cufft<'_, T> {
+    Cufft {
+        dev: &s.device,
+        float: PhantomData,
+    }
 }
 
 /// Planes `(.., h, w)` (as laid out by `l`) to planar half spectra `(n * 2 * h * (w/2+1))`.
 pub(super) fn rfft(s: &CudaStorage, l: &Layout, h: usize, w: usize) -> Result<CudaStorage> {
     match s.dtype() {
-        DType::F32 => rfft_t::<f32>(s, l, h, w),
-        DType::F64 => rfft_t::<f64>(s, l, h, w),
+        DType::F32 => glue::rfft(&backend::<f32>(s), s, l, (h, w), CUFFT_MAX_ELEMS),
+        DType::F64 => glue::rfft(&backend::<f64>(s), s, l, (h, w), CUFFT_MAX_ELEMS),
         d => candle_core::bail!("rfft2: unsupported dtype {d:?}"),
     }
 }
@@ -216,83 +319,8 @@ pub(super) fn rfft(s: &CudaStorage, l: &Layout, h: usize, w: usize) -> Result<Cu
 /// normalised by `1/(h*w)`.
 pub(super) fn irfft(s: &CudaStorage, l: &Layout, h: usize, w: usize) -> Result<CudaStorage> {
     match s.dtype() {
-        DType::F32 => irfft_t::<f32>(s, l, h, w),
-        DType::F64 => irfft_t::<f64>(s, l, h, w),
+        DType::F32 => glue::irfft(&backend::<f32>(s), s, l, (h, w), CUFFT_MAX_ELEMS),
+        DType::F64 => glue::irfft(&backend::<f64>(s), s, l, (h, w), CUFFT_MAX_ELEMS),
         d => candle_core::bail!("irfft2: unsupported dtype {d:?}"),
     }
-}
-
-fn rfft_t<T: Float>(s: &CudaStorage, l: &Layout, h: usize, w: usize) -> Result<CudaStorage> {
-    let dev = &s.device;
-    let wq = w / 2 + 1;
-    let n = l.shape().elem_count() / (h * w).max(1);
-    let (copy, start) = contiguous(s, l)?;
-    let x = T::as_cuda_slice(copy.as_ref().unwrap_or(s))?;
-    // Interleaved complex spectra, (n, h, wq) complex = (n, h, wq, 2) reals.
-    // SAFETY: cuFFT writes every element.
-    let mut spec = unsafe { dev.alloc::<T>(n * h * wq * 2) }?;
-    if n > 0 {
-        let stream = dev.cuda_stream();
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| driver_error("rfft2", e))?;
-        let per_call = chunk("rfft2", 2 * h * wq, h, w)?;
-        let mut p0 = 0;
-        while p0 < n {
-            let b = per_call.min(n - p0);
-            let plan = plan::<T>(dev, h, w, b, Direction::Forward)?;
-            let xv = x.slice(start + p0 * h * w..start + (p0 + b) * h * w);
-            let mut yv = spec.slice_mut(p0 * h * wq * 2..(p0 + b) * h * wq * 2);
-            // SAFETY: a complex value is two reals; the view holds b * h * wq of them.
-            let mut yc = unsafe { yv.transmute_mut::<T::Complex>(b * h * wq) }
-                .ok_or_else(|| candle_core::Error::Cuda("rfft2: bad spectrum view".into()))?;
-            T::r2c(&plan, &xv, &mut yc).map_err(|e| cufft_error("rfft2", "R2C", e))?;
-            p0 += b;
-        }
-    }
-    // Interleaved to planar: (n, h, wq, 2) seen as (n, 2, h, wq).
-    let spec = T::wrap_cuda_slice(spec, dev.clone());
-    let planar = Layout::contiguous((n, h, wq, 2)).permute(&[0, 3, 1, 2])?;
-    // SAFETY: the copy writes every element.
-    let mut out = unsafe { dev.alloc_uninit(&Shape::from(n * 2 * h * wq), T::DTYPE) }?;
-    spec.copy_strided_src(&mut out, 0, &planar)?;
-    Ok(out)
-}
-
-fn irfft_t<T: Float>(s: &CudaStorage, l: &Layout, h: usize, w: usize) -> Result<CudaStorage> {
-    let dev = &s.device;
-    let wq = w / 2 + 1;
-    let n = l.shape().elem_count() / (2 * h * wq).max(1);
-    let (copy, start) = contiguous(s, l)?;
-    let src = copy.as_ref().unwrap_or(s);
-    // Planar (n, 2, h, wq) seen as interleaved (n, h, wq, 2), scaled: C2R's private input.
-    let interleaved =
-        Layout::contiguous_with_offset((n, 2, h, wq), start).permute(&[0, 2, 3, 1])?;
-    let norm = 1.0 / (h * w).max(1) as f64;
-    let mut scaled = src.affine(&interleaved, norm, 0.0)?;
-    let spec = T::as_cuda_slice_mut(&mut scaled)?;
-    // SAFETY: cuFFT writes every element.
-    let mut out = unsafe { dev.alloc::<T>(n * h * w) }?;
-    if n > 0 {
-        let stream = dev.cuda_stream();
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| driver_error("irfft2", e))?;
-        let per_call = chunk("irfft2", 2 * h * wq, h, w)?;
-        let mut p0 = 0;
-        while p0 < n {
-            let b = per_call.min(n - p0);
-            let plan = plan::<T>(dev, h, w, b, Direction::Inverse)?;
-            let mut xv = spec.slice_mut(p0 * h * wq * 2..(p0 + b) * h * wq * 2);
-            // SAFETY: a complex value is two reals; the view holds b * h * wq of them.
-            let mut xc = unsafe { xv.transmute_mut::<T::Complex>(b * h * wq) }
-                .ok_or_else(|| candle_core::Error::Cuda("irfft2: bad spectrum view".into()))?;
-            let mut yv = out.slice_mut(p0 * h * w..(p0 + b) * h * w);
-            T::c2r(&plan, &mut xc, &mut yv).map_err(|e| cufft_error("irfft2", "C2R", e))?;
-            p0 += b;
-        }
-    }
-    Ok(T::wrap_cuda_slice(out, dev.clone()))
 }

@@ -14,11 +14,65 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(any(feature = "cuda", test))]
+mod glue;
 #[cfg(test)]
 pub(crate) mod reference;
 
+#[cfg(test)]
+use std::collections::BTreeSet;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// How many cuFFT plans the CUDA build keeps: one forward pass of each released model needs at
+/// most this many distinct ones (listed by the tests below), so no image rebuilds a plan.
+#[cfg(any(feature = "cuda", test))]
+pub(crate) const MAX_PLANS: usize = 16;
+
+/// The plan one transform needs: a batch of `(h, w)` planes, one way.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct PlanKey {
+    pub h: usize,
+    pub w: usize,
+    pub batch: usize,
+    pub inverse: bool,
+}
+
+#[cfg(test)]
+thread_local! {
+    static RECORDED: std::cell::RefCell<Option<BTreeSet<PlanKey>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns the distinct plans the transforms it ran on this thread needed, on any
+/// device.
+#[cfg(test)]
+pub(crate) fn record_plans<R>(f: impl FnOnce() -> R) -> (R, BTreeSet<PlanKey>) {
+    let outer = RECORDED.with(|r| r.replace(Some(BTreeSet::new())));
+    let out = f();
+    let seen = RECORDED.with(|r| r.replace(outer)).unwrap_or_default();
+    (out, seen)
+}
+
+/// Records a transform's plan inside [`record_plans`] (tests only).
+#[cfg(test)]
+fn note(h: usize, w: usize, batch: usize, inverse: bool) {
+    RECORDED.with(|r| {
+        if let Some(seen) = r.borrow_mut().as_mut() {
+            seen.insert(PlanKey {
+                h,
+                w,
+                batch,
+                inverse,
+            });
+        }
+    });
+}
+
+#[cfg(not(test))]
+fn note(_h: usize, _w: usize, _batch: usize, _inverse: bool) {}
 
 /// Real 2-D FFT over the last two dims: `(.., H, W)` to the planar half spectrum
 /// `(.., 2, H, W/2+1)` (real part, then imaginary part), unnormalised.
@@ -125,6 +179,7 @@ impl CustomOp1 for Rfft2 {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (h, w, shape) = rfft_shape(l.dims());
+        note(h, w, l.shape().elem_count() / (h * w).max(1), false);
         let out = match s {
             CpuStorage::F32(d) => CpuStorage::F32(cpu::rfft(contiguous(d, l)?, h, w)?),
             CpuStorage::F64(d) => CpuStorage::F64(cpu::rfft(contiguous(d, l)?, h, w)?),
@@ -140,6 +195,7 @@ impl CustomOp1 for Rfft2 {
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (h, w, shape) = rfft_shape(l.dims());
+        note(h, w, l.shape().elem_count() / (h * w).max(1), false);
         if shape.elem_count() == 0 || l.shape().elem_count() == 0 {
             return Ok((empty(s, &shape)?, shape));
         }
@@ -159,6 +215,7 @@ impl CustomOp1 for Irfft2 {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (h, shape) = irfft_shape(l.dims(), self.width);
         let w = self.width;
+        note(h, w, shape.elem_count() / (h * w).max(1), true);
         let out = match s {
             CpuStorage::F32(d) => CpuStorage::F32(cpu::irfft(contiguous(d, l)?, h, w)?),
             CpuStorage::F64(d) => CpuStorage::F64(cpu::irfft(contiguous(d, l)?, h, w)?),
@@ -174,6 +231,12 @@ impl CustomOp1 for Irfft2 {
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (h, shape) = irfft_shape(l.dims(), self.width);
+        note(
+            h,
+            self.width,
+            shape.elem_count() / (h * self.width).max(1),
+            true,
+        );
         if shape.elem_count() == 0 || l.shape().elem_count() == 0 {
             return Ok((empty(s, &shape)?, shape));
         }
@@ -369,6 +432,49 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The plans one forward pass of each released model needs (zero weights, f64, so the
+    /// reference path that a GPU runs): a (batch, direction) pair per Converse2D layer shape. At
+    /// 1024x1024 (SR: from 256) the sizes scale and the keys stay as many; the CUDA plan cache
+    /// holds them all, so no image rebuilds a plan.
+    #[test]
+    fn plan_keys_of_one_forward_of_each_model_fit_the_cache() {
+        use crate::models::{Model, ModelKind};
+        let listing = |keys: &BTreeSet<PlanKey>| {
+            keys.iter()
+                .map(|k| {
+                    let way = if k.inverse { "C2R" } else { "R2C" };
+                    format!("{way} {}x{} x{}", k.h, k.w, k.batch)
+                })
+                .collect::<Vec<_>>()
+        };
+        for kind in ModelKind::ALL {
+            let spec = kind.spec().unwrap();
+            let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+            let tensors = spec
+                .params
+                .iter()
+                .map(|p| (p.name.clone(), zeros(&p.shape)))
+                .collect();
+            let model = Model::from_tensors(kind, tensors, DType::F64, &Device::Cpu).unwrap();
+            let (c, side) = if kind == ModelKind::DnCNN {
+                (1, 32)
+            } else if kind == ModelKind::SRResNet {
+                (3, 16)
+            } else {
+                (3, 32)
+            };
+            let x = Tensor::zeros((1, c, side, side), DType::F64, &Device::Cpu).unwrap();
+            let k = (kind == ModelKind::USRNet)
+                .then(|| Tensor::full(1.0 / 49.0, (1, 1, 7, 7), &Device::Cpu).unwrap());
+            let (_, keys) = record_plans(|| model.forward(&x, k.as_ref()).unwrap());
+            let got = listing(&keys);
+            eprintln!("{kind}: {} plans: {}", got.len(), got.join(", "));
+            assert!(keys.len() <= MAX_PLANS, "{kind}: {got:?}");
+            let (again, _) = record_plans(|| record_plans(|| ()).1);
+            assert!(again.is_empty());
         }
     }
 

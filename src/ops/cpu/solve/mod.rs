@@ -33,7 +33,7 @@ use super::simd::{Isa, LANES};
 
 pub(crate) use filters::Filters;
 pub(crate) use grid::{rows_to_lanes, Geometry, Grid};
-pub(crate) use pool::{lock, pool, Pool};
+pub(crate) use pool::{pool, Pool};
 
 /// Channels per lane group.
 pub(crate) const GROUP: usize = 2 * LANES;
