@@ -572,7 +572,7 @@ fn a_full_disk_fails_the_images_that_do_not_fit_and_leaves_no_partial_file() {
     let err = stderr(&o);
     assert!(err.contains("No space left on device"), "{err}");
     let failed = err.matches("  failed: '").count();
-    assert!(failed >= 1 && failed < 4, "{err}");
+    assert!((1..4).contains(&failed), "{err}");
     assert_eq!(temps(&small), Vec::<PathBuf>::new());
     assert_no_partial_output(&out, &scene.reference, "full disk");
     assert_eq!(tree(&out).len(), 4 - failed, "{err}");
@@ -594,7 +594,7 @@ fn a_name_at_the_filesystem_limit_is_written_and_one_past_it_fails_before_comput
         "denoise",
         "-q",
         "-i",
-        s(&input.parent().unwrap().to_owned()),
+        s(input.parent().unwrap()),
         "-o",
         s(&out),
     ]);

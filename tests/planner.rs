@@ -38,7 +38,8 @@ fn estimates_cover_the_measured_peak_within_one_and_a_half() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(Task, bool, [(u32, u32); 2]); 4] = [
+    type Case = (Task, bool, [(u32, u32); 2]);
+    let cases: [Case; 4] = [
         (Task::Denoise, false, [(256, 256), (512, 384)]),
         (Task::Sr, false, [(64, 64), (128, 96)]),
         (Task::Deblur, false, [(256, 256), (512, 384)]),

@@ -414,7 +414,7 @@ mod tests {
             for (var, which) in [(&x, 0), (&k, 1)] {
                 let got = grads.get(var).unwrap().flatten_all().unwrap();
                 let got = got.to_vec1::<f64>().unwrap();
-                for i in 0..n {
+                for (i, got) in got.iter().enumerate() {
                     let (mut a, mut b) = ((x0.clone(), k0.clone()), (x0.clone(), k0.clone()));
                     if which == 0 {
                         a.0[i] += eps;
@@ -425,10 +425,9 @@ mod tests {
                     }
                     let fd = (value(&a.0, &a.1) - value(&b.0, &b.1)) / (2.0 * eps);
                     assert!(
-                        (got[i] - fd).abs() < 1e-7 * fd.abs().max(1.0),
-                        "{h}x{w} d{} [{i}]: {} vs {fd}",
+                        (got - fd).abs() < 1e-7 * fd.abs().max(1.0),
+                        "{h}x{w} d{} [{i}]: {got} vs {fd}",
                         ["x", "k"][which],
-                        got[i]
                     );
                 }
             }
