@@ -150,7 +150,11 @@ impl PlanarCache {
     /// How many entries the layer has kept.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        store().entries.iter().filter(|e| e.layer == self.layer).count()
+        store()
+            .entries
+            .iter()
+            .filter(|e| e.layer == self.layer)
+            .count()
     }
 
     /// Drops the layer's entries.
