@@ -169,6 +169,7 @@ mod tests {
 
     use super::*;
     use crate::ops::fft::reference;
+    use crate::ops::fft::tests::noise;
 
     /// The glue's transform on the CPU: a plain DFT with interleaved spectra that records every
     /// call and refuses an offset that is not complex-aligned.
@@ -263,18 +264,6 @@ mod tests {
             x[x_at..x_at + batch * 2 * h * wq].fill(f64::NAN);
             Ok(())
         }
-    }
-
-    fn noise(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect()
     }
 
     /// The planar spectra of `n` planes at `x[start..]`, by the plain DFT.

@@ -271,7 +271,8 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    fn noise(n: usize, seed: u64) -> Vec<f64> {
+    /// Values in [-0.5, 0.5) from a seeded LCG.
+    pub(super) fn noise(n: usize, seed: u64) -> Vec<f64> {
         let mut s = seed;
         (0..n)
             .map(|_| {
