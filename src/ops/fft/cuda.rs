@@ -217,7 +217,7 @@ impl<T: Float> Cufft<'_, T> {
 /// Refuses an offset cuFFT would fault on (the glue never makes one): a misaligned address is
 /// a sticky CUDA error that fails every later call in the process.
 fn check_aligned(op: &str, at: usize) -> Result<()> {
-    if at % 2 != 0 {
+    if !at.is_multiple_of(2) {
         return Err(candle_core::Error::Cuda(
             format!("{op}: offset {at} is not complex-aligned").into(),
         ));
