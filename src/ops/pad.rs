@@ -22,6 +22,9 @@ pub enum PaddingMode {
 }
 
 impl PaddingMode {
+    /// Every mode.
+    pub const ALL: [PaddingMode; 4] = [Self::Circular, Self::Reflect, Self::Replicate, Self::Zeros];
+
     /// The name PyTorch uses.
     pub fn torch_name(self) -> &'static str {
         match self {
