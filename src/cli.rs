@@ -180,6 +180,9 @@ pub struct RestoreArgs {
     /// Print the plan (tiles, peak memory) and exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run the reference path (candle ops, what a GPU runs) on the CPU too: slower, for checks.
+    #[arg(long, hide = true)]
+    pub reference: bool,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -331,6 +334,10 @@ pub struct VerifyArgs {
     /// f32, or f64 to check the maths.
     #[arg(long, value_enum, default_value = "f32", hide_possible_values = true)]
     pub precision: Precision,
+    /// Also run each case on the CPU's reference path (the candle ops a GPU runs) and print the
+    /// largest difference between the two outputs (the GPU check's tensor comparison).
+    #[arg(long, hide = true)]
+    pub against_cpu: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }

@@ -1,9 +1,14 @@
 //! How much memory a restore takes, and the tiling ([`crate::tiling`]) that keeps it within a
 //! budget.
 //!
-//! The estimate models the fused CPU path, with constants fitted to measured peaks (VmHWM of
-//! whole `converse restore` runs at several sizes and thread counts; `tests/planner.rs` checks
-//! it against fresh runs). It has three parts:
+//! The planner knows the backend ([`Workload::backend`]). A GPU, and `restore --reference` on
+//! the CPU, run the reference path (candle ops), which holds far more per pixel than the fused
+//! kernels: its model is a measured `a + b x pixels` per model ([`reference_peak`]), planned
+//! against the GPU's free memory on a GPU and against host memory on the CPU.
+//!
+//! The fused CPU path's estimate has constants fitted to measured peaks (VmHWM of whole
+//! `converse restore` runs at several sizes and thread counts; `tests/planner.rs` checks it, and
+//! the reference path's, against fresh runs). It has three parts:
 //! - the process, the weights and the libraries ([`BASE`]);
 //! - per pixel of the working resolution, the feature maps a block reads and writes, and the
 //!   image itself;
@@ -12,6 +17,7 @@
 
 use crate::models::ModelKind;
 use crate::ops::cpu::branch::GRID_BUDGET;
+use crate::ops::Backend;
 use crate::tiling::{Tiling, MIN_TILE};
 
 /// The process, weights and libraries, measured on a 16x16 image (17-21 MiB), rounded up.
@@ -36,6 +42,8 @@ pub struct Workload {
     pub scale: usize,
     /// The 8-fold self-ensemble.
     pub x8: bool,
+    /// The path the model runs: fused CPU kernels or the reference path (candle ops).
+    pub backend: Backend,
 }
 
 /// Peak bytes of one model run on an `h x w` input (a whole image or one tile) with `threads`
@@ -51,6 +59,33 @@ pub fn model_peak(kind: ModelKind, (h, w): (usize, usize), scale: usize, threads
         .clamp(1, GROUPS);
     let fitted = BASE + px * info.feature_bytes_per_px + in_flight * grid;
     (fitted as f64 * MARGIN) as u64
+}
+
+/// Headroom over the reference path's fitted model.
+const REFERENCE_MARGIN: f64 = 1.1;
+
+/// Peak bytes of one run of the reference path (candle ops, as a GPU runs it) on an `h x w`
+/// input, with elements of `elem_bytes` (4 for f32, 8 for f64), the process included: the
+/// model's [`reference_bytes`](crate::models::ModelInfo::reference_bytes) `a + b x pixels`,
+/// fitted to the peak RSS of `restore --reference` on the CPU (docs/performance.md), with `b`
+/// scaled by the element size.
+pub fn reference_peak(
+    kind: ModelKind,
+    (h, w): (usize, usize),
+    scale: usize,
+    elem_bytes: u64,
+) -> u64 {
+    let px = (h * scale * w * scale) as u64;
+    let (a, b) = kind.info().reference_bytes;
+    ((a + px * b * elem_bytes / 4) as f64 * REFERENCE_MARGIN) as u64
+}
+
+/// Peak bytes of one run of `job`'s model on an `h x w` input on its backend.
+fn run_peak(job: &Workload, hw: (usize, usize), threads: usize) -> u64 {
+    match job.backend {
+        Backend::Fused => model_peak(job.kind, hw, job.scale, threads),
+        Backend::Reference => reference_peak(job.kind, hw, job.scale, 4),
+    }
 }
 
 /// Whole-image buffers beyond one model run: the picture in f32, the output, and, when tiled,
@@ -94,7 +129,7 @@ pub struct TileRequest {
 pub fn plan_tiles(job: &Workload, req: &TileRequest, threads: usize) -> TilePlan {
     let (h, w) = (job.height, job.width);
     let peak_of = |th: usize, tw: usize, tiled: bool| {
-        model_peak(job.kind, (th, tw), job.scale, threads) + image_bytes(job, tiled)
+        run_peak(job, (th, tw), threads) + image_bytes(job, tiled)
     };
     let whole = TilePlan {
         tiling: Tiling::Whole,
@@ -157,6 +192,7 @@ mod tests {
             channels: 3,
             scale: kind.scale(),
             x8: false,
+            backend: Backend::Fused,
         }
     }
 
@@ -217,6 +253,41 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn the_reference_path_plans_with_its_own_model() {
+        // A 12-megapixel denoise on a GPU with 70 GiB free: whole on the fused kernels' model,
+        // tiles on the reference path's (about 15 kB per pixel).
+        let fused = job(ModelKind::DnCNN, 3000, 4000);
+        let reference = Workload {
+            backend: Backend::Reference,
+            ..fused
+        };
+        let budget = 70 << 30;
+        assert_eq!(plan_tiles(&fused, &req(budget), 2).tiling, Tiling::Whole);
+        let p = plan_tiles(&reference, &req(budget), 2);
+        assert!(matches!(p.tiling, Tiling::Tiles { .. }), "{}", p.tiling);
+        assert!(p.peak <= budget, "{}", human(p.peak));
+        // 1024x1024 runs whole there, within the model: a + b x pixels, with the margin.
+        let small = Workload {
+            height: 1024,
+            width: 1024,
+            channels: 1,
+            ..reference
+        };
+        let p = plan_tiles(&small, &req(budget), 2);
+        assert_eq!(p.tiling, Tiling::Whole);
+        let (a, b) = ModelKind::DnCNN.info().reference_bytes;
+        assert_eq!(
+            p.peak,
+            ((a + b * (1 << 20)) as f64 * REFERENCE_MARGIN) as u64
+        );
+        // f64 doubles the per-pixel part only.
+        assert_eq!(
+            reference_peak(ModelKind::DnCNN, (1024, 1024), 1, 8),
+            ((a + 2 * b * (1 << 20)) as f64 * REFERENCE_MARGIN) as u64
+        );
     }
 
     #[test]

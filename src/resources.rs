@@ -322,6 +322,30 @@ pub fn memory_budget() -> (u64, String) {
     System::default().memory_budget()
 }
 
+/// Fraction of a GPU's free memory the budget takes: the rest is left for cuFFT's work areas and
+/// the allocator's slack.
+const DEVICE_SHARE: f64 = 0.9;
+
+/// The default memory budget for one image on `device` when it is a GPU, and where it comes
+/// from: 9/10 of its free memory (`cuMemGetInfo`, read after the device opened, so the context
+/// and the weights are already counted). `None` for the CPU, or when the driver cannot say.
+pub fn device_memory_budget(device: &candle_core::Device) -> Option<(u64, String)> {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = device.as_cuda_device() {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        let (free, total) = (free as u64, total as u64);
+        let budget = (free as f64 * DEVICE_SHARE) as u64;
+        let what = format!(
+            "9/10 of the GPU's free memory ({} of {} free)",
+            human(free),
+            human(total)
+        );
+        return Some((budget, what));
+    }
+    let _ = (device, DEVICE_SHARE);
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,9 @@ pub struct CaseReport {
     /// The bound, where it is not `max(2 x official, 1e-5)`: a float64 gradient case's
     /// `1e-8 x max(1, max |tensor|)`.
     pub limit: Option<f64>,
+    /// The output compared against `y64` (operator and model cases; `None` for gradient cases),
+    /// for comparing two devices or paths (`verify --against-cpu`).
+    pub output: Option<Tensor>,
 }
 
 impl CaseReport {
@@ -139,6 +142,7 @@ impl Verifier {
             max_abs_err: max_abs_diff(&y, y64)?,
             official,
             limit: None,
+            output: Some(y),
         })
     }
 }

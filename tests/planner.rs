@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 
 use common::{converse, stderr, stdout, write_image};
 use converse::models::Task;
+use converse::ops::Backend;
 use converse::restore::Options;
 
 /// Runs `cmd` to the end; returns its peak resident memory (VmHWM) in bytes.
@@ -31,33 +32,32 @@ fn peak_rss(cmd: &mut Command, log: &Path) -> u64 {
     usage.ru_maxrss as u64 * 1024
 }
 
+/// Sizes (width, height) a model is measured at, per task and `--kernel`.
+type Case = (Task, bool, [(u32, u32); 2]);
+
+/// Restores each case whole (`--tile 0`, on the CPU) in a child process on `backend`, and
+/// checks the planner's estimate over the child's peak RSS is within `band`.
 #[cfg(target_os = "linux")]
-#[test]
-fn estimates_cover_the_measured_peak_within_one_and_a_half() {
+fn check_estimates(backend: Backend, cases: &[Case], band: std::ops::RangeInclusive<f64>) {
     let Some(shared) = common::shared() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    type Case = (Task, bool, [(u32, u32); 2]);
-    let cases: [Case; 4] = [
-        (Task::Denoise, false, [(256, 256), (512, 384)]),
-        (Task::Sr, false, [(64, 64), (128, 96)]),
-        (Task::Deblur, false, [(256, 256), (512, 384)]),
-        (Task::Deblur, true, [(256, 256), (512, 384)]),
-    ];
     let options = Options {
         tile: Some(0),
+        backend,
         ..Options::default()
     };
     let mut report = vec![];
-    for (task, with_kernel, sizes) in cases {
+    for &(task, with_kernel, sizes) in cases {
         let kind = task.model(with_kernel);
         for (w, h) in sizes {
             let color = task != Task::Denoise;
             let input = tmp.path().join(format!("{kind}-{w}x{h}.png"));
             write_image(&input, w, h, color);
             let mut cmd = converse(tmp.path());
-            cmd.args(["restore", "-q", "--tile", "0", "--task", task.name()])
+            cmd.args(["restore", "-q", "--device", "cpu", "--tile", "0"])
+                .args(["--task", task.name()])
                 .arg("--weights")
                 .arg(shared.join("weights"))
                 .arg("-i")
@@ -65,6 +65,9 @@ fn estimates_cover_the_measured_peak_within_one_and_a_half() {
                 .arg("-o")
                 .arg(tmp.path().join("out.png"))
                 .arg("--overwrite");
+            if backend == Backend::Reference {
+                cmd.arg("--reference");
+            }
             if with_kernel {
                 cmd.args(["--kernel", "gaussian:1.6"]);
             }
@@ -73,14 +76,43 @@ fn estimates_cover_the_measured_peak_within_one_and_a_half() {
             let est = options.plan(kind, (h as usize, w as usize, c)).peak;
             let ratio = est as f64 / real as f64;
             report.push(format!(
-                "{kind} {w}x{h}: estimate {} MiB, peak {} MiB, ratio {ratio:.2}",
+                "{backend:?} {kind} {w}x{h}: estimate {} MiB, peak {} MiB, ratio {ratio:.2}",
                 est >> 20,
                 real >> 20
             ));
-            assert!((1.0..=1.5).contains(&ratio), "{}", report.join("\n"));
+            assert!(band.contains(&ratio), "{}", report.join("\n"));
         }
     }
     eprintln!("{}", report.join("\n"));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn estimates_cover_the_measured_peak_within_one_and_a_half() {
+    let cases: [Case; 4] = [
+        (Task::Denoise, false, [(256, 256), (512, 384)]),
+        (Task::Sr, false, [(64, 64), (128, 96)]),
+        (Task::Deblur, false, [(256, 256), (512, 384)]),
+        (Task::Deblur, true, [(256, 256), (512, 384)]),
+    ];
+    check_estimates(Backend::Fused, &cases, 1.0..=1.5);
+}
+
+/// The reference path's model (`a + b x pixels` per model, what a GPU plans with) against the
+/// peak RSS of `restore --reference` on the CPU. The band: the model may be up to 10% under a
+/// peak (the fit's own error is within 7%; allocator slack varies with the machine), and at most
+/// 1.6x over it (the fit overestimates the smallest sizes, where padding counts most; more
+/// would tile images that fit).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_reference_path_estimate_covers_its_measured_peak() {
+    let cases: [Case; 4] = [
+        (Task::Denoise, false, [(64, 64), (128, 128)]),
+        (Task::Sr, false, [(32, 32), (48, 48)]),
+        (Task::Deblur, false, [(64, 64), (128, 128)]),
+        (Task::Deblur, true, [(64, 64), (128, 128)]),
+    ];
+    check_estimates(Backend::Reference, &cases, 0.9..=1.6);
 }
 
 #[test]
@@ -97,6 +129,8 @@ fn dry_run_prints_the_plan_reads_no_weights_and_writes_nothing() {
             "restore",
             "--task",
             "deblur",
+            "--device",
+            "cpu",
             "--dry-run",
             "--max-memory",
             "400M",
@@ -123,6 +157,12 @@ fn dry_run_prints_the_plan_reads_no_weights_and_writes_nothing() {
         lines[1]
     );
     assert!(lines[2].contains("c.png': error: "), "{}", lines[2]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("planned for: the fused CPU kernels on cpu\n")
+            && err.contains("memory budget: 400 MiB of host memory, --max-memory\n"),
+        "{err}"
+    );
     // The bad file fails its line; nothing was read or written.
     assert_eq!(o.status.code(), Some(1));
     assert!(!out.exists());
@@ -141,7 +181,8 @@ fn a_plan_over_the_budget_says_why() {
                overlap (raise --max-memory, or lower --tile-overlap)";
     let run = |budget: &str, extra: &[&str], weights: &Path| {
         converse(tmp.path())
-            .args(["restore", "--task", "sr", "--max-memory", budget])
+            .args(["restore", "--task", "sr", "--device", "cpu"])
+            .args(["--max-memory", budget])
             .args(extra)
             .arg("--weights")
             .arg(weights)
@@ -181,4 +222,52 @@ fn a_plan_over_the_budget_says_why() {
     );
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(out.exists());
+}
+
+/// `--reference` plans for the reference path (what a GPU runs) against host memory: the same
+/// image that runs whole on the fused kernels is tiled within the same budget.
+#[test]
+fn dry_run_says_which_path_and_memory_it_planned_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("a.png");
+    write_image(&input, 1024, 1024, false);
+    let run = |extra: &[&str]| {
+        converse(tmp.path())
+            .args([
+                "restore",
+                "--task",
+                "denoise",
+                "--device",
+                "cpu",
+                "--dry-run",
+            ])
+            .args(["--max-memory", "4G", "--weights", "/nonexistent"])
+            .args(extra)
+            .arg("-i")
+            .arg(&input)
+            .arg("-o")
+            .arg(tmp.path().join("out.png"))
+            .output()
+            .unwrap()
+    };
+    let fused = run(&[]);
+    let (line, err) = (stdout(&fused), stderr(&fused));
+    assert!(line.contains("1024x1024 to 1024x1024, whole,"), "{line}");
+    assert!(
+        err.contains("planned for: the fused CPU kernels on cpu\n")
+            && err.contains("memory budget: 4.0 GiB of host memory, --max-memory\n"),
+        "{err}"
+    );
+    let reference = run(&["--reference"]);
+    let (line, err) = (stdout(&reference), stderr(&reference));
+    assert!(
+        line.contains(" tiles (") && !line.contains("whole"),
+        "{line}"
+    );
+    assert!(
+        err.contains("planned for: the reference path (candle ops) on cpu\n")
+            && err.contains("memory budget: 4.0 GiB of host memory, --max-memory\n"),
+        "{err}"
+    );
+    assert_eq!(reference.status.code(), Some(0));
 }

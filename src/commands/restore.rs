@@ -13,6 +13,7 @@ use converse::image_io::{self, Format};
 use converse::memory::human;
 use converse::models::Task;
 use converse::noise::Rescale;
+use converse::ops::Backend;
 use converse::plan::{self, Pair};
 use converse::report::{Report, Status};
 use converse::restore::{Options, Restorer};
@@ -89,9 +90,23 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             a.output.display()
         )
     }
-    let (max_memory, budget_source) = match a.max_memory {
-        Some(b) => (b, "--max-memory".to_owned()),
-        None => converse::resources::memory_budget(),
+    // The plan depends on where the model runs: a GPU runs the reference path within its own
+    // memory, the CPU the fused kernels (or, with --reference, the reference path) within the
+    // host's.
+    let device = a.model.device()?;
+    let backend = match device.is_cpu() && !a.reference {
+        true => Backend::Fused,
+        false => Backend::Reference,
+    };
+    let gpu_budget = converse::resources::device_memory_budget(&device);
+    let memory = match gpu_budget {
+        Some(_) => format!("device memory of {}", device_name(&device)),
+        None => "host memory".to_owned(),
+    };
+    let (max_memory, budget_source) = match (a.max_memory, gpu_budget) {
+        (Some(b), _) => (b, "--max-memory".to_owned()),
+        (None, Some(b)) => b,
+        (None, None) => converse::resources::memory_budget(),
     };
     let options = Options {
         gray: a.gray,
@@ -99,6 +114,7 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         tile: a.tile,
         tile_overlap: a.tile_overlap,
         max_memory,
+        backend,
     };
     let kind = a.task.model(kernel.is_some());
     // --shard: the split is over every image, done or not, so every task (and every rerun)
@@ -119,7 +135,15 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     if a.dry_run {
         let threads = converse::resources::threads();
-        eprintln!("memory budget: {}, {budget_source}", human(max_memory));
+        let path = match backend {
+            Backend::Fused => "the fused CPU kernels",
+            Backend::Reference => "the reference path (candle ops)",
+        };
+        eprintln!("planned for: {path} on {}", device_name(&device));
+        eprintln!(
+            "memory budget: {} of {memory}, {budget_source}",
+            human(max_memory)
+        );
         eprintln!("threads: {}, {}", threads.0, threads.1);
         if let Some((_, note)) = &shard_note {
             eprintln!("{note}");
@@ -149,7 +173,6 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if jobs.is_empty() {
         return Ok(ExitCode::Success);
     }
-    let device = a.model.device()?;
     let model = a.model.locator().load(kind, DType::F32, &device)?;
     let restorer = Restorer::new(model, a.task, kernel.as_ref(), device, options)?;
     // A run killed midway (SIGKILL, Ctrl-C) leaves its temporary file: remove those.
@@ -288,6 +311,14 @@ fn dry_run(
         eprintln!("  '{}'", job.input.display());
     }
     Ok(ExitCode::from_failures(failed))
+}
+
+/// `cpu`, `cuda:0`: the device as `--device` names it.
+fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        _ => "cpu".to_owned(),
+    }
 }
 
 /// The format `output` is written in: `--format`, else its extension.

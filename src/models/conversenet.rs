@@ -31,6 +31,7 @@ pub const INFO: ModelInfo = ModelInfo {
     // beyond 104 px.
     reach: 112,
     feature_bytes_per_px: 575,
+    reference_bytes: (8 << 20, 9400),
     golden_prefix: "conversenet_",
     architecture: || format!("{RELEASED:?}"),
     build: |vb| Ok(Box::new(ConverseNet::new(&RELEASED, vb)?)),

@@ -30,6 +30,7 @@ pub const INFO: ModelInfo = ModelInfo {
     // beyond 127 px.
     reach: 128,
     feature_bytes_per_px: 615,
+    reference_bytes: (64 << 20, 14900),
     golden_prefix: "dncnn_",
     architecture: || format!("{RELEASED:?}"),
     build: |vb| Ok(Box::new(ConverseDnCNN::new(&RELEASED, vb)?)),

@@ -117,6 +117,10 @@ pub struct ModelInfo {
     /// The memory model's feature-map bytes per pixel of the working resolution (the
     /// output's, for SR), fitted to measured peaks ([`crate::memory`]).
     pub feature_bytes_per_px: u64,
+    /// The memory model of the reference path (candle ops: a GPU, or `restore --reference`):
+    /// `(a, b)` for a peak of `a + b x pixels` of the working resolution in f32, fitted to
+    /// measured peaks ([`crate::memory::reference_peak`], docs/performance.md).
+    pub reference_bytes: (u64, u64),
     /// Prefix of the model's files in the golden folder (`converse verify`).
     pub golden_prefix: &'static str,
     /// The architecture, as written into converted files' metadata.

@@ -31,6 +31,7 @@ pub const INFO: ModelInfo = ModelInfo {
     // 128 px, the farthest that crop could tell.
     reach: 192,
     feature_bytes_per_px: 615,
+    reference_bytes: (33 << 20, 6100),
     golden_prefix: "srresnet_",
     architecture: || format!("{RELEASED:?}"),
     build: |vb| Ok(Box::new(ConverseMSRResNet::new(&RELEASED, vb)?)),

@@ -35,6 +35,7 @@ pub const INFO: ModelInfo = ModelInfo {
     // each side still moved outputs by 9.7 levels at 128 px, the farthest that crop could tell.
     reach: 192,
     feature_bytes_per_px: 575,
+    reference_bytes: (12 << 20, 9300),
     golden_prefix: "usrnet_",
     architecture: || format!("{RELEASED:?}"),
     build: |vb| Ok(Box::new(ConverseUSRNet::new(&RELEASED, vb)?)),

@@ -16,6 +16,7 @@ use crate::image_io::Picture;
 use crate::kernel::Kernel;
 use crate::memory;
 use crate::models::{Model, ModelKind, Task};
+use crate::ops::{with_reference, Backend};
 use crate::tiling::{run_tiled, Tiling};
 
 /// How to run the model.
@@ -29,8 +30,12 @@ pub struct Options {
     pub tile: Option<usize>,
     /// Overlap between neighbouring tiles, in input pixels: `None` for the model's reach.
     pub tile_overlap: Option<usize>,
-    /// Memory budget for one image, in bytes.
+    /// Memory budget for one image, in bytes: host memory for the CPU, device memory for a GPU.
     pub max_memory: u64,
+    /// The path the model runs: the fused CPU kernels, or the reference path (candle ops) that a
+    /// GPU runs, also on the CPU when asked (`restore --reference`). [`Restorer::new`] takes the
+    /// reference for a device other than the CPU.
+    pub backend: Backend,
 }
 
 impl Default for Options {
@@ -41,6 +46,7 @@ impl Default for Options {
             tile: None,
             tile_overlap: None,
             max_memory: default_max_memory(),
+            backend: Backend::Fused,
         }
     }
 }
@@ -60,6 +66,7 @@ impl Options {
             channels: if self.gray { 1 } else { channels },
             scale: model.scale(),
             x8: self.x8,
+            backend: self.backend,
         };
         let req = memory::TileRequest {
             tile: self.tile,
@@ -116,8 +123,11 @@ impl Restorer {
         task: Task,
         kernel: Option<&Kernel>,
         device: Device,
-        options: Options,
+        mut options: Options,
     ) -> anyhow::Result<Self> {
+        if !device.is_cpu() {
+            options.backend = Backend::Reference;
+        }
         if model.kind() != task.model(kernel.is_some()) {
             bail!("{} cannot run --task {}", model.kind(), task.name())
         }
@@ -185,10 +195,16 @@ impl Restorer {
         let s = kind.scale();
         let plan = self.options.plan(kind, (ph, pw, c));
         let model = |x: &Tensor| self.model.run(x, self.kernel.as_ref(), on_block);
-        let y = run_tiled(&x, plan.tiling, s, |tile| match self.options.x8 {
-            true => ensemble::x8(tile, model),
-            false => model(tile),
-        })?;
+        let run = || {
+            run_tiled(&x, plan.tiling, s, |tile| match self.options.x8 {
+                true => ensemble::x8(tile, model),
+                false => model(tile),
+            })
+        };
+        let y = match self.options.backend {
+            Backend::Fused => run(),
+            Backend::Reference => with_reference(run),
+        }?;
         let y = y.narrow(2, 0, h * s)?.narrow(3, 0, w * s)?;
         Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }

@@ -127,6 +127,7 @@ impl Verifier {
             max_abs_err: err,
             official,
             limit: (dtype == DType::F64).then_some(bound),
+            output: None,
         })
     }
 }
