@@ -139,10 +139,10 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             Backend::Fused => "the fused CPU kernels",
             Backend::Reference => "the reference path (candle ops)",
         };
-        eprintln!("planned for: {path} on {}", device_name(&device));
+        eprintln!("memory budget: {}, {budget_source}", human(max_memory));
         eprintln!(
-            "memory budget: {} of {memory}, {budget_source}",
-            human(max_memory)
+            "planned for: {path} on {}, against {memory}",
+            device_name(&device)
         );
         eprintln!("threads: {}, {}", threads.0, threads.1);
         if let Some((_, note)) = &shard_note {
