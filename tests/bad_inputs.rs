@@ -447,7 +447,8 @@ fn a_killed_folder_run_resumes_where_it_stopped() {
     }
     let run = || {
         let mut c = converse(t);
-        c.args(["restore", "--task", "denoise", "-q", "--weights"])
+        c.args(["restore", "--task", "denoise", "--device", "cpu", "-q"])
+            .arg("--weights")
             .arg(shared.join("weights"))
             .arg("-i")
             .arg(&src)

@@ -109,7 +109,8 @@ fn pickle_bombs_are_refused_with_bounded_memory() {
         // Under the released name: the sha256 is compared first, the pickle never read.
         std::fs::write(weights.join("converse_dncnn.pth"), &file).unwrap();
         let mut cmd = converse(t);
-        cmd.args(["restore", "--task", "denoise", "--weights", s(&weights)])
+        cmd.args(["restore", "--task", "denoise", "--device", "cpu"])
+            .args(["--weights", s(&weights)])
             .args(["-i", s(&img), "-o", s(&out.join("img.png"))]);
         let o = limited(&cmd);
         let err = stderr(&o);
@@ -174,7 +175,8 @@ fn a_tampered_released_checkpoint_is_refused_by_its_sha256() {
     let img = t.join("img.png");
     std::fs::write(&img, png(20, 16)).unwrap();
     let o = converse(&cache)
-        .args(["restore", "--task", "deblur", "--weights", s(&weights)])
+        .args(["restore", "--task", "deblur", "--device", "cpu"])
+        .args(["--weights", s(&weights)])
         .args(["-i", s(&img), "-o", s(&t.join("o.png"))])
         .output()
         .unwrap();
@@ -278,6 +280,8 @@ fn a_non_finite_output_is_an_error_for_its_image() {
             "restore",
             "--task",
             "denoise",
+            "--device",
+            "cpu",
             "-q",
             "--weights",
             s(&weights),
@@ -308,7 +312,8 @@ fn a_non_finite_output_is_an_error_for_its_image() {
     // eval: the same message for the image, and nothing saved.
     let save = t.join("save");
     let o = converse(t)
-        .args(["eval", "--task", "denoise", "-q", "--weights", s(&weights)])
+        .args(["eval", "--task", "denoise", "--device", "cpu", "-q"])
+        .args(["--weights", s(&weights)])
         .args(["--dataset", s(&input), "--save", s(&save)])
         .output()
         .unwrap();

@@ -75,11 +75,19 @@ fn mixed_folder(dir: &Path) -> Vec<String> {
 /// `restore --task denoise --dry-run` of `input` into `output`, with `args` and `env`.
 fn dry_run(tmp: &Path, input: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = bin(tmp);
-    c.args(["restore", "--task", "denoise", "--dry-run", "-i"])
-        .arg(input)
-        .arg("-o")
-        .arg(tmp.join("out"))
-        .args(args);
+    c.args([
+        "restore",
+        "--task",
+        "denoise",
+        "--device",
+        "cpu",
+        "--dry-run",
+        "-i",
+    ])
+    .arg(input)
+    .arg("-o")
+    .arg(tmp.join("out"))
+    .args(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -320,7 +328,15 @@ fn the_dry_run_says_what_remains_the_threads_and_the_budget() {
     let o = Command::new("taskset")
         .args(["-c", "0"])
         .arg(env!("CARGO_BIN_EXE_converse"))
-        .args(["restore", "--task", "sr", "--dry-run", "-i"])
+        .args([
+            "restore",
+            "--task",
+            "sr",
+            "--device",
+            "cpu",
+            "--dry-run",
+            "-i",
+        ])
         .arg(&input)
         .arg("-o")
         .arg(tmp.path().join("out"))
@@ -354,6 +370,8 @@ fn the_report_has_a_line_per_image() {
                 "restore",
                 "--task",
                 "denoise",
+                "--device",
+                "cpu",
                 "-q",
                 "--shard",
                 "0/1",
@@ -419,7 +437,14 @@ fn the_report_has_a_line_per_image() {
     // any work.
     std::fs::write(tmp.path().join("a-file"), b"x").unwrap();
     let o = bin(tmp.path())
-        .args(["restore", "--task", "denoise", "--weights"])
+        .args([
+            "restore",
+            "--task",
+            "denoise",
+            "--device",
+            "cpu",
+            "--weights",
+        ])
         .arg(shared.join("weights"))
         .arg("-i")
         .arg(&input)
@@ -522,11 +547,12 @@ fn the_memory_budget_follows_a_real_cgroup_v1_limit() {
     write_image(&input, 400, 400, false);
     let out = tmp.path().join("out.png");
     let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
-        let mut v: Vec<std::ffi::OsString> = ["restore", "--task", "denoise", "-q"]
-            .iter()
-            .chain(extra)
-            .map(Into::into)
-            .collect();
+        let mut v: Vec<std::ffi::OsString> =
+            ["restore", "--task", "denoise", "--device", "cpu", "-q"]
+                .iter()
+                .chain(extra)
+                .map(Into::into)
+                .collect();
         v.extend(["--tile-overlap".into(), "32".into(), "-i".into()]);
         v.push(input.clone().into());
         v.push("-o".into());
@@ -551,7 +577,8 @@ fn the_memory_budget_follows_a_real_cgroup_v1_limit() {
         return;
     };
     let mut real = args(&["--weights"]);
-    real.insert(5, shared.join("weights").into());
+    let at = real.iter().position(|a| a == "--weights").unwrap() + 1;
+    real.insert(at, shared.join("weights").into());
     let o = group.run(tmp.path(), &real);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(out.exists());

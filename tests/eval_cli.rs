@@ -20,7 +20,7 @@ fn eval_writes_the_table_json_and_saved_images() {
         .unwrap();
     let json = t.join("r.json");
     let o = converse(t)
-        .args(["eval", "--task", "sr", "-q", "--weights"])
+        .args(["eval", "--task", "sr", "--device", "cpu", "-q", "--weights"])
         .arg(shared.join("weights"))
         .arg("--dataset")
         .arg(&data)

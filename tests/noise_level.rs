@@ -24,7 +24,7 @@ fn run(shared: &Path, tmp: &Path, args: &[&str]) -> (i32, String, String) {
 fn denoise(shared: &Path, tmp: &Path, command: &str, extra: &[&str], input: &Path, output: &Path) {
     let mut args = vec![command, "--task", "denoise"];
     if command == "restore" {
-        args.push("-q");
+        args.extend(["-q", "--device", "cpu"]);
     }
     args.extend(extra);
     args.extend(["-i", path(input), "-o", path(output)]);

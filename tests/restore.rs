@@ -10,7 +10,7 @@ use image::{DynamicImage, GenericImageView, ImageBuffer, Luma, Rgb, Rgba};
 
 fn restore<S: AsRef<std::ffi::OsStr>>(tmp: &Path, shared: &Path, args: &[S]) -> Output {
     converse(tmp)
-        .args(["restore", "--weights"])
+        .args(["restore", "--device", "cpu", "--weights"])
         .arg(shared.join("weights"))
         .args(args)
         .output()
