@@ -415,11 +415,17 @@ done
 
 # --- The cargo GPU unit tests --------------------------------------------------------------------
 step "cargo GPU unit tests"
+# The library's and the binary's unit-test executables (converse-HASH), the newest two.
 if [[ -z "$unit_tests" ]]; then
-  unit_tests="$(find "$cuda_target/release/deps" -maxdepth 1 -type f -executable -name 'converse-*' 2>/dev/null | head -n1)"
+  # shellcheck disable=SC2012 # plain file names
+  unit_tests="$(ls -t "$cuda_target"/release/deps/converse-* 2>/dev/null | grep -v '\.d$' | head -n2 | tr '\n' ' ')"
 fi
-if [[ -n "$unit_tests" && -x "$unit_tests" ]]; then
-  (cd "$here" && CONVERSE_SHARED="$shared" timeout 300 "$unit_tests" --test-threads 1 cuda) >"$work/unit_tests.log" 2>&1
+if [[ -n "$unit_tests" ]]; then
+  for t in $unit_tests; do
+    [[ -x "$t" ]] || continue
+    echo "  $t"
+    (cd "$here" && CONVERSE_SHARED="$shared" timeout 300 "$t" --test-threads 1 cuda) 2>&1
+  done >"$work/unit_tests.log"
   parse_unit_tests "unit tests" <"$work/unit_tests.log" >>"$results"
 else
   echo "  no unit-test binary: build it with scripts/cuda-build --cargo test --no-run --lib (or give --unit-tests FILE)"
