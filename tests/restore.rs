@@ -8,13 +8,16 @@ use std::process::Output;
 use common::{converse, listing, stderr};
 use image::{DynamicImage, GenericImageView, ImageBuffer, Luma, Rgb, Rgba};
 
+/// `converse restore` with the shared weights and `args`, on the CPU unless `args` name a device.
 fn restore<S: AsRef<std::ffi::OsStr>>(tmp: &Path, shared: &Path, args: &[S]) -> Output {
-    converse(tmp)
-        .args(["restore", "--device", "cpu", "--weights"])
+    let mut c = converse(tmp);
+    c.args(["restore", "--weights"])
         .arg(shared.join("weights"))
-        .args(args)
-        .output()
-        .unwrap()
+        .args(args);
+    if !args.iter().any(|a| a.as_ref() == "--device") {
+        c.args(["--device", "cpu"]);
+    }
+    c.output().unwrap()
 }
 
 fn ok(o: &Output) {
