@@ -260,6 +260,10 @@ fi
 echo "  $("$bin" --version 2>&1 | head -n1)"
 echo "  CUDA libraries the loader finds:"
 { ldconfig -p 2>/dev/null | awk '/lib(cuda|cudart|cublas|cublasLt|cufft|curand|nvrtc)\.so/ { print $NF }'
+  IFS=: read -r -a dirs <<<"${LD_LIBRARY_PATH:-}"
+  for d in "${dirs[@]}"; do
+    [[ -d "$d" ]] && find "$d" -maxdepth 1 -name 'lib*.so*' 2>/dev/null | grep -E '/lib(cuda|cudart|cublas|cublasLt|cufft|curand|nvrtc)\.so'
+  done
   ldd "$bin" 2>/dev/null | awk '/lib(cuda|cudart|cublas|cublasLt|cufft|curand|nvrtc)/ { print $3 == "" ? $1 " (not found)" : $3 }'
 } | sort -u | sed 's/^/    /'
 echo
