@@ -112,14 +112,14 @@ fn without_a_gpu_cuda_is_refused_with_exit_2_and_the_cpu_runs() {
 #[cfg(feature = "cuda")]
 const NEEDS: &str = "this build needs CUDA 13.0 or newer (driver 580 or later)";
 
-/// The folder of the stand-in libraries (first on `$LD_LIBRARY_PATH` under
-/// `scripts/cuda-build --test`).
+/// The folder of the stand-in libraries: the one on `$LD_LIBRARY_PATH` (set by
+/// `scripts/cuda-build --test`; cargo puts build-script folders before it) that holds libcuda.
 #[cfg(feature = "cuda")]
 fn standins() -> std::path::PathBuf {
     let path = std::env::var_os("LD_LIBRARY_PATH").expect("LD_LIBRARY_PATH");
-    let dir = std::env::split_paths(&path).next().unwrap();
-    assert!(dir.join("libcuda.so.1").is_file(), "{}", dir.display());
-    dir
+    std::env::split_paths(&path)
+        .find(|d| d.join("libcuda.so.1").is_file())
+        .unwrap_or_else(|| panic!("no libcuda.so.1 on LD_LIBRARY_PATH {path:?}"))
 }
 
 /// `--device cpu`, the default and `--device cuda` with `LD_LIBRARY_PATH` set to `libs` (and
