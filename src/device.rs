@@ -480,6 +480,61 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_names_the_driver_found_the_one_needed_and_each_missing_library() {
+        let lib = |library, wanted, wheel, file: Option<&str>| ProbedLibrary {
+            library,
+            wanted,
+            wheel,
+            file: file.map(Into::into),
+        };
+        let mut p = CudaProbe {
+            libcuda: Some("libcuda.so.1".into()),
+            driver_cuda: Some("13.0".into()),
+            driver_ok: true,
+            libraries: vec![
+                lib(
+                    "cuBLAS",
+                    "libcublas.so.13 (or .12)",
+                    "nvidia-cublas",
+                    Some("libcublas.so.12"),
+                ),
+                lib(
+                    "cuFFT",
+                    "libcufft.so.12 (or .11)",
+                    "nvidia-cufft",
+                    Some("libcufft.so.12"),
+                ),
+            ],
+        };
+        assert_eq!(p.problem(), None);
+        p.driver_cuda = Some("12.8".into());
+        p.driver_ok = false;
+        let need = "this build needs CUDA 13.0 or newer (driver 580 or later)";
+        assert_eq!(
+            p.problem().unwrap(),
+            format!("the NVIDIA driver supports CUDA 12.8, {need}")
+        );
+        p.libraries[1].file = None;
+        assert_eq!(
+            p.problem().unwrap(),
+            format!(
+                "the NVIDIA driver supports CUDA 12.8, {need}; libcufft.so.12 (or .11) not found \
+                 (pip install nvidia-cufft, or the CUDA toolkit's libraries, on LD_LIBRARY_PATH)"
+            )
+        );
+        p.libcuda = None;
+        p.driver_cuda = None;
+        assert!(p.problem().unwrap().starts_with(&format!(
+            "no NVIDIA driver found (libcuda.so.1 did not load), {need}; "
+        )));
+        assert_eq!(
+            Unavailable("why".into()).to_string(),
+            "CUDA unavailable: why; use --device cpu"
+        );
+        assert_eq!(cuda_probe().is_some(), cfg!(feature = "cuda"));
+    }
+
+    #[test]
     fn cpu_opens_and_the_default_is_a_device_that_opens() {
         assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
         let auto = DeviceSpec::auto();
