@@ -1,16 +1,105 @@
 //! `--device cpu|cuda|cuda:N`.
 //!
-//! A CUDA build (the `cuda` cargo feature) checks a device before candle opens it, so that each
-//! way it can fail gets a plain message: no GPU, a driver older than the CUDA 13 this build
-//! needs, an ordinal past the GPUs present, a GPU the kernels were not built for
+//! A CUDA build (the `cuda` cargo feature) links no CUDA library: cudarc opens libcuda, cuBLAS,
+//! cuRAND and cuFFT at run time, so the binary starts on any machine. Before any CUDA work,
+//! [`cuda_probe`] opens each of them the way cudarc will (same names, same order: CUDA 13
+//! libraries first, else CUDA 12's) and reads the driver's CUDA version; `converse info` prints
+//! it. Then a device is checked before candle opens it, so that each way it can fail gets a
+//! plain message: no driver, a driver older than the CUDA 13.0 this build needs, a missing
+//! library, no GPU, an ordinal past the GPUs present, a GPU the kernels were not built for
 //! (`CUDA_COMPUTE_CAP` at build time). Every failure is an error of [`DeviceSpec::open`], which
 //! the command line turns into exit status 2. With no `--device`, [`DeviceSpec::open_auto`] takes
-//! CUDA device 0 only when it really opens, else the CPU. (Without the driver's `libcuda.so.1`
-//! a CUDA build does not start at all: candle links the CUDA libraries dynamically.)
+//! CUDA device 0 only when it really opens, else the CPU, saying why on stderr in one line
+//! (`CUDA unavailable: <reason>; running on the CPU`) unless there is simply no GPU.
 
 use std::str::FromStr;
 
 use candle_core::Device;
+use serde::Serialize;
+
+/// The oldest CUDA version the driver must support (`cuDriverGetVersion`'s 1000 x major + 10 x
+/// minor): the toolkit the kernels are compiled with. Its PTX (ISA 9.0) and the static CUDA
+/// runtime need it, which means driver 580 or later.
+pub const MIN_DRIVER_CUDA: i32 = 13000;
+
+/// The oldest NVIDIA driver branch that supports [`MIN_DRIVER_CUDA`].
+pub const MIN_DRIVER_BRANCH: u32 = 580;
+
+/// What a CUDA build found of the driver and the libraries it opens at run time.
+#[derive(Debug, Clone, Serialize)]
+pub struct CudaProbe {
+    /// The file name libcuda opened under (e.g. `libcuda.so.1`), `null` when none did.
+    pub libcuda: Option<String>,
+    /// The CUDA version the driver supports (e.g. `13.0`), `null` without a driver.
+    pub driver_cuda: Option<String>,
+    /// Whether the driver is new enough for this build.
+    pub driver_ok: bool,
+    /// cuBLAS, cuRAND and cuFFT, each with the file that opened.
+    pub libraries: Vec<ProbedLibrary>,
+}
+
+/// One CUDA library and the file name it opened under.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbedLibrary {
+    /// The library, e.g. `cuBLAS`.
+    pub library: &'static str,
+    /// The file names this build takes, e.g. `libcublas.so.13 (or .12)`.
+    pub wanted: &'static str,
+    /// The PyPI wheel that holds it (CUDA 13).
+    pub wheel: &'static str,
+    /// The file name it opened under, `null` when none did.
+    pub file: Option<String>,
+}
+
+impl CudaProbe {
+    /// Why CUDA cannot be used, in one line naming the driver's CUDA version found, the one
+    /// needed and each missing library; `None` when the driver and every library are there.
+    pub fn problem(&self) -> Option<String> {
+        let missing: Vec<&ProbedLibrary> =
+            self.libraries.iter().filter(|l| l.file.is_none()).collect();
+        if self.driver_ok && missing.is_empty() {
+            return None;
+        }
+        let need = format!(
+            "this build needs CUDA {}.{} or newer (driver {MIN_DRIVER_BRANCH} or later)",
+            MIN_DRIVER_CUDA / 1000,
+            MIN_DRIVER_CUDA % 1000 / 10
+        );
+        let mut s = match &self.driver_cuda {
+            None => format!("no NVIDIA driver found (libcuda.so.1 did not load), {need}"),
+            Some(v) => format!("the NVIDIA driver supports CUDA {v}, {need}"),
+        };
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|l| l.wanted).collect();
+            let wheels: Vec<&str> = missing.iter().map(|l| l.wheel).collect();
+            s += &format!(
+                "; {} not found (pip install {}, or the CUDA toolkit's libraries, on \
+                 LD_LIBRARY_PATH)",
+                names.join(", "),
+                wheels.join(" ")
+            );
+        }
+        Some(s)
+    }
+}
+
+/// The driver and libraries a CUDA build finds here, probed once per process; `None` in a CPU
+/// build.
+pub fn cuda_probe() -> Option<&'static CudaProbe> {
+    imp::probe()
+}
+
+/// CUDA found unusable before any CUDA call: [`CudaProbe::problem`].
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CUDA unavailable: {}; use --device cpu", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
 
 /// A device as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,17 +124,19 @@ impl FromStr for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// The default: CUDA device 0 when this is a CUDA build and that device opens, else the CPU.
+    /// The default: CUDA device 0 when this is a CUDA build and that device opens, else the CPU
+    /// (quietly: [`Self::open_auto`] is the one that says why).
     pub fn auto() -> Self {
-        match Self::open_auto().location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => Self::Cuda(gpu_id),
-            _ => Self::Cpu,
+        if cfg!(feature = "cuda") && Self::Cuda(0).open().is_ok() {
+            Self::Cuda(0)
+        } else {
+            Self::Cpu
         }
     }
 
     /// The default device, opened: CUDA device 0 when this is a CUDA build and that device opens,
-    /// else the CPU. When a GPU is there but cannot be used (old driver, old GPU), says why on
-    /// stderr; with no GPU at all it stays quiet.
+    /// else the CPU. When CUDA cannot be used (no driver, old driver, missing library, old GPU),
+    /// says why on stderr in one line; with the libraries there but no GPU it stays quiet.
     pub fn open_auto() -> Device {
         if !cfg!(feature = "cuda") {
             return Device::Cpu;
@@ -53,7 +144,9 @@ impl DeviceSpec {
         match Self::Cuda(0).open() {
             Ok(d) => d,
             Err(e) => {
-                if !imp::no_gpu(&e) {
+                if let Some(Unavailable(why)) = e.downcast_ref() {
+                    eprintln!("CUDA unavailable: {why}; running on the CPU");
+                } else if !imp::no_gpu(&e) {
                     eprintln!("note: {e:#}; running on the CPU");
                 }
                 Device::Cpu
@@ -97,6 +190,10 @@ mod imp {
     pub fn count() -> usize {
         0
     }
+
+    pub fn probe() -> Option<&'static super::CudaProbe> {
+        None
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -107,12 +204,68 @@ mod imp {
 
     use sys::cudaError_enum as E;
 
-    /// The oldest CUDA the driver must support: the toolkit this build was compiled with.
-    const CUDA_MAJOR: i32 = 13;
+    /// cuBLAS, cuRAND and cuFFT as cudarc names them, with what [`super::ProbedLibrary`] says.
+    const LIBRARIES: [(&str, &str, &str, &str); 3] = [
+        (
+            "cublas",
+            "cuBLAS",
+            "libcublas.so.13 (or .12)",
+            "nvidia-cublas",
+        ),
+        ("curand", "cuRAND", "libcurand.so.10", "nvidia-curand"),
+        ("cufft", "cuFFT", "libcufft.so.12 (or .11)", "nvidia-cufft"),
+    ];
 
-    /// What to do about a driver too old for [`CUDA_MAJOR`].
-    const OLD: &str = "this build needs a driver for CUDA 13.0 or newer (580 or later): update \
-                       the driver or use --device cpu";
+    /// The first of cudarc's file names for `name` that opens, as cudarc's own loader tries
+    /// them (it keeps the first that opens).
+    fn open_as_cudarc(name: &str) -> Option<String> {
+        cudarc::get_lib_name_candidates(name)
+            .into_iter()
+            .find(|file| {
+                // SAFETY: loading a CUDA library runs its initialisers, as cudarc's load does.
+                unsafe { libloading::Library::new(file) }.is_ok()
+            })
+    }
+
+    pub fn probe() -> Option<&'static super::CudaProbe> {
+        static PROBE: std::sync::OnceLock<super::CudaProbe> = std::sync::OnceLock::new();
+        Some(PROBE.get_or_init(|| {
+            let libcuda = open_as_cudarc("cuda");
+            let version = libcuda.as_ref().and_then(|_| {
+                let mut v = 0;
+                // SAFETY: libcuda opened above; a plain FFI call writing one int.
+                unsafe { sys::cuDriverGetVersion(&mut v) }
+                    .result()
+                    .ok()
+                    .map(|_| v)
+            });
+            super::CudaProbe {
+                libcuda,
+                driver_cuda: version.map(|v| format!("{}.{}", v / 1000, v % 1000 / 10)),
+                driver_ok: version.is_some_and(|v| v >= super::MIN_DRIVER_CUDA),
+                libraries: LIBRARIES
+                    .iter()
+                    .map(|&(name, library, wanted, wheel)| super::ProbedLibrary {
+                        library,
+                        wanted,
+                        wheel,
+                        file: open_as_cudarc(name),
+                    })
+                    .collect(),
+            }
+        }))
+    }
+
+    /// What to do about a driver too old for this build.
+    fn old() -> String {
+        format!(
+            "this build needs a driver for CUDA {}.{} or newer ({} or later): update the driver \
+             or use --device cpu",
+            super::MIN_DRIVER_CUDA / 1000,
+            super::MIN_DRIVER_CUDA % 1000 / 10,
+            super::MIN_DRIVER_BRANCH
+        )
+    }
 
     /// Why a CUDA device did not open: `NoGpu` is not worth a note when falling back.
     #[derive(Debug)]
@@ -149,7 +302,8 @@ mod imp {
             E::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH | E::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => {
                 let e = name(&e);
                 anyhow!(
-                    "the NVIDIA driver does not match its kernel module or this GPU ({e}): {OLD}"
+                    "the NVIDIA driver does not match its kernel module or this GPU ({e}): {}",
+                    old()
                 )
             }
             _ => anyhow!("cannot initialise CUDA ({}): use --device cpu", name(&e)),
@@ -158,27 +312,22 @@ mod imp {
 
     /// The GPUs the driver counts (0 when it cannot say).
     pub fn count() -> usize {
+        if probe().and_then(|p| p.problem()).is_some() {
+            return 0;
+        }
         init()
             .ok()
             .and_then(|_| result::device::get_count().ok())
             .map_or(0, |n| n.max(0) as usize)
     }
 
-    /// Checks CUDA device `n` and opens it with candle.
+    /// Checks CUDA device `n` and opens it with candle: the driver and libraries first (nothing
+    /// of cudarc's runs before they are known to be there: its loader panics on a missing one).
     pub fn open_cuda(n: usize) -> anyhow::Result<Device> {
-        init()?;
-        let mut version = 0;
-        // SAFETY: plain FFI call writing one int.
-        unsafe { sys::cuDriverGetVersion(&mut version) }
-            .result()
-            .map_err(|e| anyhow!("cannot read the CUDA driver version ({})", name(&e)))?;
-        if version < CUDA_MAJOR * 1000 {
-            bail!(
-                "the NVIDIA driver supports CUDA {}.{} only: {OLD}",
-                version / 1000,
-                version % 1000 / 10
-            )
+        if let Some(why) = probe().and_then(|p| p.problem()) {
+            return Err(anyhow!(super::Unavailable(why)));
         }
+        init()?;
         let count = result::device::get_count()
             .map_err(|e| anyhow!("cannot count the CUDA GPUs ({})", name(&e)))?;
         if count <= 0 {
@@ -328,6 +477,61 @@ mod tests {
             Exactly(90).to_string(),
             "sm_90a (compute capability 9.0 only)"
         );
+    }
+
+    #[test]
+    fn the_probe_names_the_driver_found_the_one_needed_and_each_missing_library() {
+        let lib = |library, wanted, wheel, file: Option<&str>| ProbedLibrary {
+            library,
+            wanted,
+            wheel,
+            file: file.map(Into::into),
+        };
+        let mut p = CudaProbe {
+            libcuda: Some("libcuda.so.1".into()),
+            driver_cuda: Some("13.0".into()),
+            driver_ok: true,
+            libraries: vec![
+                lib(
+                    "cuBLAS",
+                    "libcublas.so.13 (or .12)",
+                    "nvidia-cublas",
+                    Some("libcublas.so.12"),
+                ),
+                lib(
+                    "cuFFT",
+                    "libcufft.so.12 (or .11)",
+                    "nvidia-cufft",
+                    Some("libcufft.so.12"),
+                ),
+            ],
+        };
+        assert_eq!(p.problem(), None);
+        p.driver_cuda = Some("12.8".into());
+        p.driver_ok = false;
+        let need = "this build needs CUDA 13.0 or newer (driver 580 or later)";
+        assert_eq!(
+            p.problem().unwrap(),
+            format!("the NVIDIA driver supports CUDA 12.8, {need}")
+        );
+        p.libraries[1].file = None;
+        assert_eq!(
+            p.problem().unwrap(),
+            format!(
+                "the NVIDIA driver supports CUDA 12.8, {need}; libcufft.so.12 (or .11) not found \
+                 (pip install nvidia-cufft, or the CUDA toolkit's libraries, on LD_LIBRARY_PATH)"
+            )
+        );
+        p.libcuda = None;
+        p.driver_cuda = None;
+        assert!(p.problem().unwrap().starts_with(&format!(
+            "no NVIDIA driver found (libcuda.so.1 did not load), {need}; "
+        )));
+        assert_eq!(
+            Unavailable("why".into()).to_string(),
+            "CUDA unavailable: why; use --device cpu"
+        );
+        assert_eq!(cuda_probe().is_some(), cfg!(feature = "cuda"));
     }
 
     #[test]

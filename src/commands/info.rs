@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::cli::InfoArgs;
 use crate::exit_codes::ExitCode;
-use converse::device::DeviceSpec;
+use converse::device::{cuda_probe, CudaProbe, DeviceSpec};
 use converse::memory::human;
 use converse::weights::{Found, WeightsLocator};
 use converse::ModelKind;
@@ -74,6 +74,8 @@ struct Devices {
     default: String,
     /// Why no CUDA device is usable (`null` when one is).
     cuda_unavailable: Option<String>,
+    /// The driver and CUDA libraries a CUDA build found (`null` in a CPU build).
+    cuda: Option<&'static CudaProbe>,
 }
 
 #[derive(Serialize)]
@@ -139,6 +141,7 @@ fn gather(locator: &WeightsLocator) -> Info {
             default: DeviceSpec::auto().to_string(),
             found,
             cuda_unavailable: cuda.err(),
+            cuda: cuda_probe(),
         },
         weights: Weights {
             folders: locator
@@ -228,7 +231,18 @@ fn text(i: &Info) -> String {
         d.default
     );
     if let Some(why) = &d.cuda_unavailable {
-        let _ = writeln!(s, "               no CUDA: {why}");
+        let _ = writeln!(s, "               {why}");
+    }
+    if let Some(p) = d.cuda {
+        let driver = match (&p.driver_cuda, &p.libcuda) {
+            (Some(v), Some(f)) => format!("CUDA {v} ({f})"),
+            _ => "not found (libcuda.so.1)".to_owned(),
+        };
+        let _ = writeln!(s, "cuda driver    {driver}");
+        for l in &p.libraries {
+            let file = l.file.as_deref().unwrap_or("not found");
+            let _ = writeln!(s, "  {:<17} {:<25} {file}", l.library, l.wanted);
+        }
     }
     let _ = writeln!(s, "weights        searched in this order:");
     for f in &i.weights.folders {
