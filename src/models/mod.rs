@@ -359,7 +359,7 @@ impl Model {
 
     /// The tensors of safetensors bytes meant for `kind` (refused when their metadata names
     /// another model), on the CPU.
-    fn state_dict(kind: ModelKind, bytes: &[u8]) -> anyhow::Result<HashMap<String, Tensor>> {
+    pub fn state_dict(kind: ModelKind, bytes: &[u8]) -> anyhow::Result<HashMap<String, Tensor>> {
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
         if let Some(model) = meta
@@ -419,7 +419,7 @@ impl Model {
 
 /// Reads the safetensors file `path` and builds `kind` from its bytes with `build` (a model to
 /// run, or one to train), the errors naming the file.
-pub(crate) fn read_file<T>(
+pub fn read_file<T>(
     kind: ModelKind,
     path: &Path,
     build: impl FnOnce(&[u8]) -> anyhow::Result<T>,
