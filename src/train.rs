@@ -497,13 +497,25 @@ impl Trainer {
     }
 }
 
+/// Safetensors bytes of `tensors` with `meta`, the same bytes for the same content: the
+/// header's keys (the metadata's too) are sorted.
 fn serialize(
     tensors: HashMap<String, Tensor>,
     meta: HashMap<String, String>,
 ) -> anyhow::Result<Vec<u8>> {
     let mut sorted: Vec<(String, Tensor)> = tensors.into_iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(safetensors::serialize(sorted, Some(meta))?)
+    let bytes = safetensors::serialize(sorted, Some(meta))?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    // serde_json's maps are ordered by key.
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let mut text = serde_json::to_vec(&header)?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// A checkpoint read back.
@@ -567,6 +579,25 @@ mod tests {
             channels: c,
             data: (0..n * n * c).map(|v| v as u8).collect(),
         }
+    }
+
+    #[test]
+    fn files_are_the_same_bytes_for_the_same_content() {
+        let t = |v: f32| Tensor::new(&[v, 2.0], &Device::Cpu).unwrap();
+        let tensors = || HashMap::from([("b".to_owned(), t(1.0)), ("a".to_owned(), t(3.0))]);
+        let meta = || {
+            (0..8)
+                .map(|i| (format!("key{i}"), i.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        let first = serialize(tensors(), meta()).unwrap();
+        for _ in 0..4 {
+            assert_eq!(serialize(tensors(), meta()).unwrap(), first);
+        }
+        let back = candle_core::safetensors::load_buffer(&first, &Device::Cpu).unwrap();
+        assert_eq!(back["a"].to_vec1::<f32>().unwrap(), [3.0, 2.0]);
+        let (_, m) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!(m.metadata().as_ref().unwrap()["key7"], "7");
     }
 
     #[test]
@@ -647,7 +678,7 @@ mod tests {
         let v = x.as_tensor().to_vec1::<f64>().unwrap();
         for (i, start) in [1.0f64, -2.0].into_iter().enumerate() {
             let g1 = 2.0 * start;
-            let after1 = start - 0.1 * g1.signum();
+            let after1 = start - 0.1 * g1 / (g1.abs() + 1e-8);
             let g2 = 2.0 * after1;
             let m = (0.9 * 0.1 * g1 + 0.1 * g2) / (1.0 - 0.9f64.powi(2));
             let vv = (0.999 * 0.001 * g1 * g1 + 0.001 * g2 * g2) / (1.0 - 0.999f64.powi(2));
