@@ -7,9 +7,10 @@
 //! ([`super::transfer`]). [`solve`] takes the kernels per call (Converse-USRNet's data module);
 //! the learned layer [`Converse2d`] keeps its transfer functions on the reference path. Both run
 //! the fused CPU kernels for f32 on the CPU and the composed candle ops ([`solve_reference`])
-//! everywhere else, and whenever a gradient is to flow: to the input, or to the kernels and `λ`
-//! (then the transfer functions are built with candle ops too, [`super::grad`], and nothing is
-//! cached).
+//! everywhere else. When a gradient is to flow (to the input, or to the kernels and `λ`, whose
+//! transfer functions are then built with candle ops, [`super::grad`], and not cached), the CPU
+//! runs the fused forward with its fused backward ([`super::cpu::solve_grad`]) for f32 and f64,
+//! and other devices the reference, which candle's autograd differentiates.
 
 use candle_core::Tensor;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Module, Result, Shape};
