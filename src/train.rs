@@ -75,8 +75,12 @@ impl Recipe {
     }
 
     /// The learning rate of step `step` (counted from 0): a cosine from `lr` down to `lr / 100`
-    /// at the last step.
+    /// at the last step; `lr` while the number of steps is not fixed yet (0: `--minutes` is
+    /// timing the first steps).
     pub fn lr_at(&self, step: usize) -> f64 {
+        if self.steps == 0 {
+            return self.lr;
+        }
         let lo = self.lr / 100.0;
         let f = step as f64 / self.steps.saturating_sub(1).max(1) as f64;
         lo + 0.5 * (self.lr - lo) * (1.0 + (std::f64::consts::PI * f.min(1.0)).cos())
@@ -649,6 +653,8 @@ mod tests {
         assert!((r.lr_at(100) - 1e-5).abs() < 1e-15);
         assert!((r.lr_at(50) - 0.505e-3).abs() < 1e-12);
         assert!(r.lr_at(30) > r.lr_at(31));
+        let unfixed = Recipe { steps: 0, ..r };
+        assert_eq!(unfixed.lr_at(7), 1e-3);
     }
 
     #[test]
