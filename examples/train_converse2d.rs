@@ -8,8 +8,9 @@
 //! The network upsamples with a learned Converse2D (scale 2) instead of a transposed
 //! convolution, refines with a Converse2D block at scale 1, and adds a bilinear skip:
 //! `y = tail(refine(up(head(x)))) + bilinear(x)`. Its parameters are candle `Var`s in a
-//! `VarMap`; the Converse2D layers compute on the reference backend (candle ops), which
-//! candle's autograd differentiates, so `loss.backward()` reaches every kernel and `λ`.
+//! `VarMap`; on the CPU the Converse2D layers run their fused forward and backward, elsewhere
+//! the reference backend (candle ops) that candle's autograd differentiates; either way
+//! `loss.backward()` reaches every kernel and `λ`.
 
 use candle_core::{DType, Device, Module, Result, Shape, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};

@@ -63,6 +63,11 @@ pub enum Command {
     /// Reproduce the paper's numbers on a dataset.
     #[command(after_help = "Example: converse eval --task sr --dataset testsets/set5")]
     Eval(EvalArgs),
+    /// Fine-tune a released model on your own clean images.
+    #[command(
+        after_help = "Example: converse finetune --task denoise --jpeg 10 --data photos/ --minutes 30 -o dncnn_jpeg10.safetensors"
+    )]
+    Finetune(FinetuneArgs),
     /// Write noisy, x4-downscaled or blurred copies to try the models on.
     #[command(after_help = "Example: converse degrade --task sr -i photo.png -o small.png")]
     Degrade(DegradeArgs),
@@ -192,6 +197,9 @@ pub struct RestoreArgs {
     /// Append a JSON line per image to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Weights to run instead of the released ones (e.g. from `converse finetune`).
+    #[arg(long = "model", value_name = "FILE")]
+    pub model_file: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -268,6 +276,81 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
     /// Replace existing files of --save and --json.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Weights to run instead of the released ones (e.g. from `converse finetune`).
+    #[arg(long = "model", value_name = "FILE")]
+    pub model_file: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// denoise, sr or deblur.
+    #[arg(long, value_parser = one_of(&Task::ALL, Task::name), hide_possible_values = true)]
+    pub task: Task,
+    /// Folder of clean training images (searched recursively).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The fine-tuned weights (.safetensors).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Noise, 0-255 scale (default: 25; deblur 2.55).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_sigma)]
+    pub sigma: Option<f64>,
+    /// Denoise: JPEG at quality Q (1-100) instead of noise.
+    #[arg(long, value_name = "Q", conflicts_with = "sigma", value_parser = parse_quality)]
+    pub jpeg: Option<u8>,
+    /// Deblur: blur kernels (default: the standard set).
+    #[arg(long, value_name = "K1,K2,...", value_delimiter = ',')]
+    pub kernel: Vec<String>,
+    /// Deblur: train Converse-USRNet, which is given the kernel (default: blind).
+    #[arg(long)]
+    pub with_kernel: bool,
+    /// Side of the clean patches (default: 64; sr 128).
+    #[arg(long, value_name = "PX")]
+    pub patch: Option<usize>,
+    /// Patches per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Steps in all (default: as many as --minutes allow).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Stop after this long, and fit the schedule to it.
+    #[arg(long, value_name = "M")]
+    pub minutes: Option<f64>,
+    /// Learning rate at the start (a cosine down to a hundredth).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Seed of the patches, symmetries and noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validation folder: PSNR every --val-every steps.
+    #[arg(long, value_name = "DIR")]
+    pub val: Option<PathBuf>,
+    /// Steps between validations.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub val_every: usize,
+    /// Steps between checkpoints.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// The checkpoint (default: OUTPUT with .ckpt.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue the run this checkpoint holds (same options and --seed).
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+    /// Start from these weights (a fine-tuned .safetensors) instead of the released ones.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Append a CSV line per step (step, loss, lr, validation PSNR, seconds) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Replace an existing OUTPUT, and start over an existing checkpoint.
     #[arg(long)]
     pub overwrite: bool,
     /// No progress bar.

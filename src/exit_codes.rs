@@ -5,6 +5,7 @@
 //! | 0 | everything was done (outputs that existed are skipped, with a note) |
 //! | 1 | some items failed, each reported; the others were done |
 //! | 2 | a usage or set-up error, found before any work: nothing was written |
+//! | 130 | `finetune` stopped by Ctrl-C (or SIGTERM) after saving its checkpoint |
 //!
 //! A panic never ends a process with Rust's 101: inside one item it fails that item (1) and the
 //! run goes on; anywhere else it ends the run with 1.
@@ -20,6 +21,9 @@ pub enum ExitCode {
     SomeFailed,
     /// A usage or set-up error: nothing was done (2; clap uses it for bad arguments too).
     Error,
+    /// Stopped by Ctrl-C or SIGTERM, with the work so far saved (130, the shell's code for
+    /// SIGINT).
+    Interrupted,
 }
 
 impl ExitCode {
@@ -39,6 +43,7 @@ impl From<ExitCode> for std::process::ExitCode {
             ExitCode::Success => Self::SUCCESS,
             ExitCode::SomeFailed => Self::from(1),
             ExitCode::Error => Self::from(2),
+            ExitCode::Interrupted => Self::from(130),
         }
     }
 }

@@ -150,6 +150,19 @@ pub fn load(spec: &str) -> anyhow::Result<Kernel> {
         .with_context(|| format!("kernel '{spec}'"))
 }
 
+/// The kernels `converse finetune --task deblur` trains on when none is given: isotropic
+/// Gaussians and linear motion blurs in the 7x7 frame the models take.
+pub const STANDARD_SET: [&str; 8] = [
+    "gaussian:0.8",
+    "gaussian:1.4",
+    "gaussian:2.0",
+    "gaussian:2.6",
+    "motion:5,0",
+    "motion:7,45",
+    "motion:7,90",
+    "motion:6,135",
+];
+
 /// A 7x7 isotropic Gaussian, as MATLAB's `fspecial('gaussian', 7, sigma)`.
 pub fn gaussian(sigma: f64) -> anyhow::Result<Kernel> {
     if !(sigma.is_finite() && sigma > 0.0) {

@@ -38,6 +38,7 @@ pub mod resources;
 pub mod restore;
 pub mod shard;
 pub mod tiling;
+pub mod train;
 pub mod verify;
 pub mod weights;
 

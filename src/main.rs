@@ -43,6 +43,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Verify(a) => commands::verify::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Degrade(a) => commands::degrade::run(a),
+        Command::Finetune(a) => commands::finetune::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Completions(a) => commands::completions::run(a),
         Command::Man(a) => commands::man::run(a),

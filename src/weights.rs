@@ -88,6 +88,14 @@ impl WeightsLocator {
         self.load_with(kind, &|b| Model::trainable_bytes(kind, b, dtype, dev))
     }
 
+    /// The state dict [`load`](Self::load) would build `kind` from, on the CPU.
+    pub fn load_state_dict(
+        &self,
+        kind: ModelKind,
+    ) -> anyhow::Result<std::collections::HashMap<String, candle_core::Tensor>> {
+        self.load_with(kind, &|b| Model::state_dict(kind, b))
+    }
+
     /// [`load`](Self::load), building what `build` makes of the safetensors bytes.
     fn load_with<T>(
         &self,

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::DType;
 
 use super::degradation;
 use super::progress;
@@ -13,7 +12,6 @@ use converse::eval::protocol::{list_images, Degradation};
 use converse::eval::run::{evaluate, saved_as, table, EvalSpec};
 use converse::files::Existing;
 use converse::models::Task;
-use converse::noise::Rescale;
 use converse::plan::{self, Pair};
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -41,7 +39,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let existing = check_outputs(&a, &kernels, &images)?;
     let device = a.model.device()?;
     let kind = a.task.model(a.with_kernel);
-    let model = a.model.locator().load(kind, DType::F32, &device)?;
+    let model = a.model.load(kind, a.model_file.as_deref(), &device)?;
     let bar = progress::bar((images.len() * kernels.len().max(1)) as u64, a.quiet);
     let mut runs = vec![];
     let runs_of: Vec<Option<&String>> = match kernels.is_empty() {
@@ -61,7 +59,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             .map(|s| save_dir(s, kernel_name.as_deref(), kernels.len()));
         let degradation = degradation(a.task, a.sigma, a.jpeg, kernel.as_ref())?;
         let rescale = match degradation {
-            Degradation::Denoise { sigma } if !a.no_rescale => Rescale::for_sigma(sigma),
+            Degradation::Denoise { sigma } if !a.no_rescale => {
+                super::rescale_for(sigma, a.model_file.as_deref())?
+            }
             _ => None,
         };
         let spec = EvalSpec {
@@ -156,6 +156,7 @@ fn check_outputs(a: &EvalArgs, kernels: &[String], images: &[PathBuf]) -> anyhow
     }
     let mut read = super::kernel_files(kernels);
     read.extend(images.iter().cloned());
+    read.extend(a.model_file.iter().cloned());
     plan::check_pairs(&pairs, &read)?;
     plan::check_writable(pairs.iter().map(|p| p.output.as_path()))?;
     converse::files::sweep_folders(pairs.iter().map(|p| p.output.as_path()));

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod degrade;
 pub mod demo;
 pub mod eval;
+pub mod finetune;
 pub mod info;
 pub mod man;
 pub mod progress;
@@ -12,13 +13,16 @@ pub mod restore;
 pub mod verify;
 
 use anyhow::Context;
-use candle_core::Device;
+use std::path::Path;
+
+use candle_core::{DType, Device};
 
 use crate::cli::ModelArgs;
 use converse::device::DeviceSpec;
 use converse::eval::protocol::Degradation;
 use converse::kernel::Kernel;
-use converse::models::Task;
+use converse::models::{Model, ModelKind, Task};
+use converse::noise::Rescale;
 use converse::weights::WeightsLocator;
 
 impl ModelArgs {
@@ -27,6 +31,20 @@ impl ModelArgs {
         match self.device {
             Some(d) => d.open(),
             None => Ok(DeviceSpec::open_auto()),
+        }
+    }
+
+    /// The model to run: `file` when given (it must hold `kind`'s tensors, each with its
+    /// shape, and no others), else the released weights.
+    pub fn load(
+        &self,
+        kind: ModelKind,
+        file: Option<&Path>,
+        device: &Device,
+    ) -> anyhow::Result<Model> {
+        match file {
+            Some(f) => Model::load(kind, f, DType::F32, device),
+            None => self.locator().load(kind, DType::F32, device),
         }
     }
 
@@ -86,6 +104,24 @@ pub fn denoise_sigma(sigma: Option<f64>) -> anyhow::Result<f64> {
         Some(s) => Ok(s),
         None => Ok(converse::noise::MODEL_SIGMA),
     }
+}
+
+/// The rescaling of denoising at noise level `sigma` ([`Rescale::for_sigma`]), which is made
+/// for the released sigma-25 model: weights from `converse finetune` run as they were trained.
+pub fn rescale_for(sigma: f64, model_file: Option<&Path>) -> anyhow::Result<Option<Rescale>> {
+    let rescale = Rescale::for_sigma(sigma);
+    if let (Some(_), Some(f)) = (rescale, model_file) {
+        if let Some(recipe) = converse::train::Recipe::of_file(f)? {
+            eprintln!(
+                "note: '{}' was fine-tuned on {}: it runs without the sigma-{} rescaling",
+                f.display(),
+                recipe.degradations.join(", "),
+                converse::noise::MODEL_SIGMA
+            );
+            return Ok(None);
+        }
+    }
+    Ok(rescale)
 }
 
 /// The kernel files among `specs` (`gaussian:…` and `motion:…` are not files): a run reads them,

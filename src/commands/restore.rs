@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use candle_core::DType;
 
 use super::progress::RestoreBars;
 use crate::cli::RestoreArgs;
@@ -45,7 +44,9 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         bail!("--sigma is for --task denoise")
     }
     let rescale = match a.task {
-        Task::Denoise => Rescale::for_sigma(super::denoise_sigma(a.sigma)?),
+        Task::Denoise => {
+            super::rescale_for(super::denoise_sigma(a.sigma)?, a.model_file.as_deref())?
+        }
         _ => None,
     };
     let kernel = a
@@ -57,7 +58,8 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     // A kernel file is read by the run too: no output may replace it.
-    let also_read = super::kernel_files(&a.kernel);
+    let mut also_read = super::kernel_files(&a.kernel);
+    also_read.extend(a.model_file.iter().cloned());
     let plan = plan::plan(&plan::Request {
         input: &a.input,
         output: &a.output,
@@ -173,7 +175,7 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if jobs.is_empty() {
         return Ok(ExitCode::Success);
     }
-    let model = a.model.locator().load(kind, DType::F32, &device)?;
+    let model = a.model.load(kind, a.model_file.as_deref(), &device)?;
     let restorer = Restorer::new(model, a.task, kernel.as_ref(), device, options)?;
     // A run killed midway (SIGKILL, Ctrl-C) leaves its temporary file: remove those.
     files::sweep_folders(jobs.iter().map(|j| j.output.as_path()));

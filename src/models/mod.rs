@@ -363,7 +363,7 @@ impl Model {
 
     /// The tensors of safetensors bytes meant for `kind` (refused when their metadata names
     /// another model), on the CPU.
-    fn state_dict(kind: ModelKind, bytes: &[u8]) -> anyhow::Result<HashMap<String, Tensor>> {
+    pub fn state_dict(kind: ModelKind, bytes: &[u8]) -> anyhow::Result<HashMap<String, Tensor>> {
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
         if let Some(model) = meta
@@ -423,7 +423,7 @@ impl Model {
 
 /// Reads the safetensors file `path` and builds `kind` from its bytes with `build` (a model to
 /// run, or one to train), the errors naming the file.
-pub(crate) fn read_file<T>(
+pub fn read_file<T>(
     kind: ModelKind,
     path: &Path,
     build: impl FnOnce(&[u8]) -> anyhow::Result<T>,
@@ -446,4 +446,60 @@ pub fn check_finite(y: &Tensor) -> anyhow::Result<()> {
         )
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every trainable parameter of every model is read by the forward pass as it is now: a
+    /// change to any one `Var` (as an optimiser makes) changes the output. One parameter of
+    /// each name up to block indices, on random weights.
+    #[test]
+    fn every_trainable_var_is_read_by_the_forward() {
+        let dev = Device::Cpu;
+        for kind in ModelKind::ALL {
+            let spec = kind.spec().unwrap();
+            let tensors: HashMap<String, Tensor> = spec
+                .params
+                .iter()
+                .map(|p| {
+                    let t = Tensor::rand(0.2f32, 0.6, p.shape.as_slice(), &dev).unwrap();
+                    (p.name.clone(), t)
+                })
+                .collect();
+            let (model, vars) = Model::trainable(kind, tensors, DType::F32, &dev).unwrap();
+            let x = Tensor::rand(0f32, 1.0, (1, kind.info().channels, 12, 12), &dev).unwrap();
+            let k = (kind.info().takes_kernel)
+                .then(|| Tensor::full(1f32 / 49.0, (1, 1, 7, 7), &dev).unwrap());
+            let run = || -> Vec<f32> {
+                let y = model.forward(&x, k.as_ref()).unwrap();
+                y.flatten_all().unwrap().to_vec1().unwrap()
+            };
+            let before = run();
+            let all = vars.all_vars();
+            assert_eq!(all.len(), spec.params.len(), "{kind}");
+            // One parameter of each kind: repeated blocks run the same code as the first.
+            let mut named: Vec<_> = vars.data().lock().unwrap().clone().into_iter().collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut kinds = std::collections::HashSet::new();
+            let generic = |name: &str| {
+                let parts = name.split('.');
+                let parts = parts.map(|p| if p.parse::<usize>().is_ok() { "#" } else { p });
+                parts.collect::<Vec<_>>().join(".")
+            };
+            named.retain(|(name, _)| kinds.insert(generic(name)));
+            for (name, var) in named {
+                let old = var.as_tensor().copy().unwrap();
+                var.set(&(&old + 0.25).unwrap()).unwrap();
+                let changed = run() != before;
+                var.set(&old).unwrap();
+                assert!(
+                    changed,
+                    "{kind}: changing `{name}` leaves the output as it was"
+                );
+            }
+            assert_eq!(run(), before, "{kind}: restored");
+        }
+    }
 }

@@ -105,22 +105,23 @@ impl Module for KernelNet {
 
 /// The data module `d`: a Converse2D solve (scale 1, no padding, circular) with the kernels
 /// made from the blur kernel's embedding and a learned `λ = sigmoid(alpha - 9) + eps`.
+/// `λ` is made from `alpha` at every call, so that a trained `alpha` takes effect.
 #[derive(Debug)]
 struct DataModule {
-    lambda: Tensor,
+    alpha: Tensor,
+    eps: f64,
 }
 
 impl DataModule {
     fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let alpha = vb.get((1, channels, 1, 1), "alpha")?;
-        Ok(Self {
-            lambda: lambda(&alpha, eps)?,
-        })
+        Ok(Self { alpha, eps })
     }
 
     /// `x` `(N, C, H, W)` with per-channel kernels `(1|N, C, k, k)`.
     fn forward(&self, x: &Tensor, kernels: &Tensor) -> Result<Tensor> {
-        solve(x, kernels, &self.lambda, 1, 0, PaddingMode::Circular)
+        let lam = lambda(&self.alpha, self.eps)?;
+        solve(x, kernels, &lam, 1, 0, PaddingMode::Circular)
     }
 }
 

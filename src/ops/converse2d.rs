@@ -7,15 +7,17 @@
 //! ([`super::transfer`]). [`solve`] takes the kernels per call (Converse-USRNet's data module);
 //! the learned layer [`Converse2d`] keeps its transfer functions on the reference path. Both run
 //! the fused CPU kernels for f32 on the CPU and the composed candle ops ([`solve_reference`])
-//! everywhere else, and whenever a gradient is to flow: to the input, or to the kernels and `λ`
-//! (then the transfer functions are built with candle ops too, [`super::grad`], and nothing is
-//! cached).
+//! everywhere else. When a gradient is to flow (to the input, or to the kernels and `λ`, whose
+//! transfer functions are then built with candle ops, [`super::grad`], and not cached), the CPU
+//! runs the fused forward with its fused backward ([`super::cpu::solve_grad`]) for f32 and f64,
+//! and other devices the reference, which candle's autograd differentiates.
 
 use candle_core::Tensor;
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Module, Result, Shape};
 use candle_nn::VarBuilder;
 
 use super::cpu::solve::{Filters, Geometry};
+use super::cpu::solve_grad;
 use super::fft::{irfft2, rfft2};
 use super::pad::{check_padding, pad2d, PaddingMode};
 use super::planar_cache::PlanarCache;
@@ -126,7 +128,16 @@ fn solve_with(
     taps.check_fits((hp, wp), scale)?;
     if let Some((kernel, lam)) = tracked {
         let g = super::grad::planar(kernel, lam, (hp, wp), scale)?;
+        if Backend::trains_fused(x) {
+            // The kernels as they are now (an optimiser updates them in place).
+            let taps = Taps::new(kernel, lam)?;
+            return solve_trainable(x, &g, taps, scale, padding, mode);
+        }
         return solve_reference(x, &g, scale, padding, mode);
+    }
+    if x.track_op() && Backend::trains_fused(x) {
+        let g = transfer::planar(taps, (hp, wp), scale, x.dtype(), x.device())?;
+        return solve_trainable(x, &g, taps.clone(), scale, padding, mode);
     }
     match Backend::of(x) {
         Backend::Fused => {
@@ -213,6 +224,183 @@ impl CustomOp1 for FusedSolve<'_> {
             CpuStorage::F32(out),
             Shape::from((n, c, h * scale, w * scale)),
         ))
+    }
+}
+
+/// The solve of `x` `(N, C, H, W)` with the planar transfer functions `g`
+/// `(1|N, C, s², 2, hp, wq)` made from `taps`, with its fused backward to both
+/// ([`TrainSolve`]).
+fn solve_trainable(
+    x: &Tensor,
+    g: &Tensor,
+    taps: Taps,
+    scale: usize,
+    padding: usize,
+    mode: PaddingMode,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let op = TrainSolve {
+        taps,
+        size: (h, w),
+        padding,
+        scale,
+        mode,
+    };
+    x.contiguous()?.apply_op2(&g.contiguous()?, op)
+}
+
+/// The solve a training step runs on the CPU, over the input and the transfer functions `g`
+/// (made of candle ops from the kernels and `λ` when they train, so that their gradients follow
+/// from `g`'s): forward, the fused lane solve for f32 (from `taps`, what `g` was made of) and
+/// the plane solve of [`super::cpu::solve_grad`] for f64; backward, the plane solve's adjoint
+/// to `x` and `g`, each when it is wanted.
+struct TrainSolve {
+    taps: Taps,
+    size: (usize, usize),
+    padding: usize,
+    scale: usize,
+    mode: PaddingMode,
+}
+
+impl TrainSolve {
+    fn geometry(&self) -> Geometry {
+        Geometry::new(self.size, self.padding, self.scale, self.mode)
+    }
+
+    /// `(n, c)` of `x` and the kernel sets of `g`.
+    fn dims(x: &Layout, g: &Layout) -> Result<solve_grad::Dims> {
+        let (n, c, _, _) = x.shape().dims4()?;
+        Ok(solve_grad::Dims {
+            n,
+            c,
+            sets: g.dims()[0],
+        })
+    }
+}
+
+/// The contiguous values of a storage, or an error naming `op`.
+fn values<'a, T: candle_core::WithDType>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("{op}: needs contiguous input"),
+    }
+}
+
+impl CustomOp2 for TrainSolve {
+    fn name(&self) -> &'static str {
+        "converse2d-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (geo, d) = (self.geometry(), Self::dims(xl, gl)?);
+        let (s, (h, w)) = (self.scale, self.size);
+        let shape = Shape::from((d.n, d.c, h * s, w * s));
+        let out = match xs {
+            CpuStorage::F32(_) => {
+                let x = values::<f32>(self.name(), xs, xl)?;
+                let mut out = vec![0f32; shape.elem_count()];
+                let filters = Filters(&self.taps);
+                super::cpu::solve::solve(x, &mut out, (d.c, h, w), &geo, filters, false)?;
+                CpuStorage::F32(out)
+            }
+            CpuStorage::F64(_) => {
+                let (x, g) = (values(self.name(), xs, xl)?, values(self.name(), gs, gl)?);
+                CpuStorage::F64(solve_grad::forward::<f64>(x, g, d, &geo)?)
+            }
+            _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let want = solve_grad::Wanted {
+            dx: x.track_op(),
+            dg: g.track_op(),
+        };
+        if !want.dx && !want.dg {
+            return Ok((None, None));
+        }
+        let op = TrainBackward { op: self, want };
+        let flat = x.apply_op3_no_bwd(g, &dy.contiguous()?, &op)?;
+        let nx = if want.dx { x.elem_count() } else { 0 };
+        let dx = match want.dx {
+            true => Some(flat.narrow(0, 0, nx)?.reshape(x.shape())?),
+            false => None,
+        };
+        let dg = match want.dg {
+            true => Some(flat.narrow(0, nx, g.elem_count())?.reshape(g.shape())?),
+            false => None,
+        };
+        Ok((dx, dg))
+    }
+}
+
+/// [`TrainSolve`]'s backward over `(x, g, dy)`: the wanted gradients, `dx` then `dg`, in one
+/// flat tensor.
+struct TrainBackward<'a> {
+    op: &'a TrainSolve,
+    want: solve_grad::Wanted,
+}
+
+impl CustomOp3 for TrainBackward<'_> {
+    fn name(&self) -> &'static str {
+        "converse2d-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: candle_core::WithDType + crate::ops::fft::cpu::Float>(
+            me: &TrainBackward,
+            (xs, xl): (&CpuStorage, &Layout),
+            (gs, gl): (&CpuStorage, &Layout),
+            (ds, dl): (&CpuStorage, &Layout),
+        ) -> Result<Vec<T>> {
+            let name = me.name();
+            let (x, g, dy) = (
+                values(name, xs, xl)?,
+                values(name, gs, gl)?,
+                values(name, ds, dl)?,
+            );
+            let d = TrainSolve::dims(xl, gl)?;
+            let geo = me.op.geometry();
+            let (mut dx, dg) = solve_grad::backward::<T>(x, g, dy, d, &geo, me.want)?;
+            dx.extend_from_slice(&dg);
+            Ok(dx)
+        }
+        let out = match xs {
+            CpuStorage::F32(_) => CpuStorage::F32(run(self, (xs, xl), (gs, gl), (ds, dl))?),
+            CpuStorage::F64(_) => CpuStorage::F64(run(self, (xs, xl), (gs, gl), (ds, dl))?),
+            _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
+        };
+        let count = match &out {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            _ => 0,
+        };
+        Ok((out, Shape::from(count)))
     }
 }
 
@@ -611,5 +799,125 @@ mod tests {
         let lam = Tensor::ones((1, 2, 1, 1), DType::F32, &dev).unwrap();
         let e = solve(&x, &k, &lam, 1, 1, PaddingMode::Circular).unwrap_err();
         assert!(e.to_string().contains("lambda"), "{e}");
+    }
+
+    /// The gradients of `sum(y * g)` to the input, the kernels and the bias of a trainable
+    /// layer: `(x, weight, bias)`.
+    fn layer_grads(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        g: &Tensor,
+        cfg: Converse2dConfig,
+    ) -> Vec<Tensor> {
+        let vars = [x, w, b].map(|t| candle_core::Var::from_tensor(t).unwrap());
+        let layer = Converse2d::from_tensors(
+            vars[1].as_tensor().clone(),
+            vars[2].as_tensor().clone(),
+            cfg,
+        )
+        .unwrap();
+        let y = layer.forward(vars[0].as_tensor()).unwrap();
+        let grads = (y * g).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter().map(|v| grads.get(v).unwrap().clone()).collect()
+    }
+
+    /// `|a - b|` over the largest magnitude of `b` (at least 1e-3).
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let m = b
+            .to_dtype(DType::F64)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        max_diff(a, b) / m.max(1e-3)
+    }
+
+    /// The fused backward (the default on the CPU) against candle's autograd of the reference
+    /// solve: the input's, the kernels' and the bias's gradients, in all four padding modes, at
+    /// scales 1 to 4, in f32 (on every instruction set the CPU has) and f64.
+    #[test]
+    fn fused_backward_equals_the_reference() {
+        use crate::ops::cpu::simd::Isa;
+        let dev = Device::Cpu;
+        for (case, (s, mode)) in (1..=4)
+            .flat_map(|s| PaddingMode::ALL.map(|m| (s, m)))
+            .enumerate()
+        {
+            // 18 channels: a whole lane group and a partial one.
+            let (c, ks, p) = (18, 2 + case % 3, 1 + case % 2);
+            let (h, w) = (5 + case % 3, 7 - case % 2);
+            let cfg = Converse2dConfig {
+                kernel_size: ks,
+                scale: s,
+                padding: p,
+                padding_mode: mode,
+                eps: 1e-3,
+            };
+            for dtype in [DType::F64, DType::F32] {
+                let t = |lo: f64, hi: f64, shape: (usize, usize, usize, usize)| {
+                    Tensor::rand(lo, hi, shape, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let x = t(-1.0, 1.0, (2, c, h, w));
+                let wt = t(0.0, 0.5, (1, c, ks, ks));
+                let b = t(4.0, 9.0, (1, c, 1, 1));
+                let g = t(-1.0, 1.0, (2, c, h * s, w * s));
+                let want = with_reference(|| layer_grads(&x, &wt, &b, &g, cfg));
+                let isas = if dtype == DType::F32 {
+                    Isa::available()
+                } else {
+                    vec![Isa::current()]
+                };
+                for isa in isas {
+                    let got = isa.run(|| layer_grads(&x, &wt, &b, &g, cfg));
+                    let bound = if dtype == DType::F64 { 1e-10 } else { 2e-4 };
+                    for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(got.iter().zip(&want))
+                    {
+                        let d = rel_diff(a, b);
+                        assert!(d < bound, "s={s} {mode} {dtype:?} {isa:?} d{name}: {d:e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fused backward of a per-call solve with one kernel set per image (Converse-USRNet's
+    /// data step) against the reference: input, kernels and `λ`.
+    #[test]
+    fn fused_backward_of_per_image_kernels_equals_the_reference() {
+        let dev = Device::Cpu;
+        for s in [1, 2] {
+            let x = Tensor::rand(-1f64, 1.0, (3, 3, 6, 7), &dev).unwrap();
+            let k = Tensor::rand(-0.3f64, 0.3, (3, 3, 4, 4), &dev).unwrap();
+            let a = Tensor::rand(3f64, 8.0, (1, 3, 1, 1), &dev).unwrap();
+            let g = Tensor::rand(-1f64, 1.0, (3, 3, 6 * s, 7 * s), &dev).unwrap();
+            let grads = || {
+                let vars = [&x, &k, &a].map(|t| candle_core::Var::from_tensor(t).unwrap());
+                let lam = lambda(vars[2].as_tensor(), 1e-3).unwrap();
+                let y = solve(
+                    vars[0].as_tensor(),
+                    vars[1].as_tensor(),
+                    &lam,
+                    s,
+                    2,
+                    PaddingMode::Reflect,
+                )
+                .unwrap();
+                let gr = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                vars.iter()
+                    .map(|v| gr.get(v).unwrap().clone())
+                    .collect::<Vec<_>>()
+            };
+            let (got, want) = (grads(), with_reference(grads));
+            for (a, b) in got.iter().zip(&want) {
+                assert!(rel_diff(a, b) < 1e-10, "s={s}: {:e}", rel_diff(a, b));
+            }
+        }
     }
 }

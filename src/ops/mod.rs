@@ -6,9 +6,12 @@
 //! [`cpu`]; everything else (other devices, f64) takes the same maths composed of candle ops,
 //! which is also the reference the fused kernels are tested against.
 //!
-//! The fused kernels have no backward: a layer takes the reference whenever a gradient is to
-//! flow through it ([`Backend::for_layer`]), to its input or to its parameters (candle `Var`s,
-//! or tensors made from them), and candle's autograd differentiates the composed ops.
+//! A layer takes the reference whenever a gradient is to flow through it
+//! ([`Backend::for_layer`]), to its input or to its parameters (candle `Var`s, or tensors made
+//! from them), and candle's autograd differentiates the composed ops; except the Converse2D
+//! solve, which on the CPU has a fused backward ([`Backend::trains_fused`]): the fused forward
+//! (f32) and the adjoint solve of [`cpu::solve_grad`], its filters' gradient passed on to the
+//! kernels and `λ` through the candle ops that built them.
 
 pub mod converse2d;
 pub(crate) mod cpu;
@@ -68,6 +71,17 @@ impl Backend {
         } else {
             Self::of(x)
         }
+    }
+}
+
+impl Backend {
+    /// Whether a Converse2D solve through which gradients flow runs its fused CPU backward
+    /// ([`cpu::solve_grad`]) for input `x`: f32 and f64 on the CPU, outside [`with_reference`].
+    /// The other layers take the reference then.
+    pub fn trains_fused(x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && !FORCE_REFERENCE.with(Cell::get)
     }
 }
 

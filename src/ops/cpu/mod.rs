@@ -16,6 +16,7 @@
 //! | [`branch`] | the fused `ConverseBlock` |
 //! | [`lanes`] | complex 1-D FFTs over 8-lane vectors (mixed radix, Bluestein for large primes) |
 //! | [`solve`] | the lane-batched Converse2D solve: its grid, kernel, transfer functions and buffer pool |
+//! | [`solve_grad`] | the solve plane by plane with its backward (f32 and f64), for training |
 
 pub(crate) mod act;
 pub mod bench;
@@ -24,3 +25,4 @@ pub(crate) mod gemm;
 pub(crate) mod lanes;
 pub(crate) mod simd;
 pub(crate) mod solve;
+pub(crate) mod solve_grad;

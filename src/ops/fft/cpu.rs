@@ -11,7 +11,7 @@ use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
 /// The plans for one `(H, W)` plane.
-struct Plans<T: FftNum> {
+pub(crate) struct Plans<T: FftNum> {
     r2c: Arc<dyn RealToComplex<T>>,
     c2r: Arc<dyn ComplexToReal<T>>,
     fwd: Arc<dyn Fft<T>>,
@@ -56,7 +56,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn plans<T: Float>(h: usize, w: usize) -> Arc<Plans<T>> {
+pub(crate) fn plans<T: Float>(h: usize, w: usize) -> Arc<Plans<T>> {
     let mut p = lock(T::planners());
     if let Some(plans) = p.cache.get(&(h, w)) {
         return plans.clone();
@@ -81,7 +81,13 @@ fn fft_error(e: realfft::FftError) -> candle_core::Error {
 }
 
 /// One plane: real `(h, w)` to planar `(2, h, wq)`.
-fn rfft_plane<T: Float>(p: &Plans<T>, x: &[T], out: &mut [T], h: usize, w: usize) -> Result<()> {
+pub(crate) fn rfft_plane<T: Float>(
+    p: &Plans<T>,
+    x: &[T],
+    out: &mut [T],
+    h: usize,
+    w: usize,
+) -> Result<()> {
     let wq = w / 2 + 1;
     let zero = Complex::new(T::zero(), T::zero());
     // Row transforms, stored transposed (column-major) so the column FFTs run on contiguous data.
@@ -112,7 +118,13 @@ fn rfft_plane<T: Float>(p: &Plans<T>, x: &[T], out: &mut [T], h: usize, w: usize
 }
 
 /// One plane: planar `(2, h, wq)` to real `(h, w)`, normalised.
-fn irfft_plane<T: Float>(p: &Plans<T>, x: &[T], out: &mut [T], h: usize, w: usize) -> Result<()> {
+pub(crate) fn irfft_plane<T: Float>(
+    p: &Plans<T>,
+    x: &[T],
+    out: &mut [T],
+    h: usize,
+    w: usize,
+) -> Result<()> {
     let wq = w / 2 + 1;
     let zero = Complex::new(T::zero(), T::zero());
     let (re, im) = x.split_at(h * wq);

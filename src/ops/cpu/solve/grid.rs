@@ -14,13 +14,13 @@ use crate::ops::profile;
 pub(crate) struct Geometry {
     pub(crate) h: usize,
     pub(crate) w: usize,
-    pub(super) pad: usize,
+    pub(crate) pad: usize,
     pub(crate) s: usize,
     pub(crate) hp: usize,
     pub(crate) wp: usize,
     /// Padding sources of the rows and columns.
-    pub(super) rows: Vec<Option<usize>>,
-    pub(super) cols: Vec<Option<usize>>,
+    pub(crate) rows: Vec<Option<usize>>,
+    pub(crate) cols: Vec<Option<usize>>,
     pub(super) plan_h: Plan,
     pub(super) plan_w: Plan,
 }
