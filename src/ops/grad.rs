@@ -241,13 +241,23 @@ fn planar_vjp(
         let (c, si) = unit(t, n);
         (c, sign * si)
     };
+    // e^{2 pi i V (b - cw) / ws} for tap b (rows) and e^{-2 pi i U a / n} for phase a (rows).
+    let taps_w: Vec<C64> = (0..kw * ws)
+        .map(|i| e((i % ws) as isize * ((i / ws) as isize - cw), ws, 1.0))
+        .collect();
+    let phases = |n: usize| -> Vec<C64> {
+        (0..s * n)
+            .map(|i| e(((i / n) * (i % n)) as isize, n, -1.0))
+            .collect()
+    };
+    let (ea_t, eb_t) = (phases(hs), phases(ws));
     // FK[U, V] = sum_ab k[a, b] e^{-2 pi i (U (a - ch) / hs + V (b - cw) / ws)}, by rows first.
     let mut rows = vec![(0.0, 0.0); kh * ws];
     for a in 0..kh {
         for v in 0..ws {
             let mut acc = (0.0, 0.0);
             for b in 0..kw {
-                let w = e(v as isize * (b as isize - cw), ws, -1.0);
+                let w = conj(taps_w[b * ws + v]);
                 acc.0 += k[a * kw + b] * w.0;
                 acc.1 += k[a * kw + b] * w.1;
             }
@@ -308,9 +318,9 @@ fn planar_vjp(
             }
             let mut dgu = (0.0, 0.0);
             for a in 0..s {
-                let ea = e((uu * a) as isize, hs, -1.0);
+                let ea = ea_t[a * hs + uu];
                 for b in 0..s {
-                    let eb = e((vv * b) as isize, ws, -1.0);
+                    let eb = eb_t[b * ws + vv];
                     let at = (a * s + b) * 2 * plane + u * wq + v;
                     let t = cmul(cmul(ea, eb), (dh[at], dh[at + plane]));
                     dgu.0 += t.0 / ss;
@@ -350,10 +360,7 @@ fn planar_vjp(
         for b in 0..kw {
             let mut acc = (0.0, 0.0);
             for vv in 0..ws {
-                let t = cmul(
-                    dfk[uu * ws + vv],
-                    e(vv as isize * (b as isize - cw), ws, 1.0),
-                );
+                let t = cmul(dfk[uu * ws + vv], taps_w[b * ws + vv]);
                 acc.0 += t.0;
                 acc.1 += t.1;
             }
