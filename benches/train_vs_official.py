@@ -21,7 +21,7 @@ p.add_argument("--reps", type=int, default=5)
 target = os.environ.get("CARGO_TARGET_DIR", os.path.join(here, "..", "target"))
 p.add_argument("--ours", default=os.path.join(target, "release", "examples", "train_bench"))
 p.add_argument("--python", default=sys.executable)
-a = p.parse_args()
+a = p.parse_intermixed_args()
 
 WHAT = {
     "op1": "Converse2D fwd+bwd, 4x64x128x128, k3, scale 1, circular",

@@ -127,12 +127,18 @@ fn solve_with(
     let (hp, wp) = (h + 2 * padding, w + 2 * padding);
     taps.check_fits((hp, wp), scale)?;
     if let Some((kernel, lam)) = tracked {
-        let g = super::grad::planar(kernel, lam, (hp, wp), scale)?;
         if Backend::trains_fused(x) {
+            // At s > 1 the composed ops work on the s-fold grid: the host builds `g` and its
+            // backward instead.
+            let g = match scale {
+                1 => super::grad::planar(kernel, lam, (hp, wp), scale)?,
+                _ => super::grad::planar_host(kernel, lam, (hp, wp), scale)?,
+            };
             // The kernels as they are now (an optimiser updates them in place).
             let taps = Taps::new(kernel, lam)?;
             return solve_trainable(x, &g, taps, scale, padding, mode);
         }
+        let g = super::grad::planar(kernel, lam, (hp, wp), scale)?;
         return solve_reference(x, &g, scale, padding, mode);
     }
     if x.track_op() && Backend::trains_fused(x) {

@@ -111,6 +111,10 @@ pub(crate) fn forward<T: Float>(x: &[T], g: &[T], d: Dims, geo: &Geometry) -> Re
     Ok(out)
 }
 
+/// One job of [`backward`]: a kernel set, a channel, and its images with their input-gradient
+/// planes.
+type Job<'a, T> = (usize, usize, Vec<(usize, Option<&'a mut [T]>)>);
+
 /// What [`backward`] computes.
 #[derive(Clone, Copy)]
 pub(crate) struct Wanted {
@@ -142,7 +146,7 @@ pub(crate) fn backward<T: Float>(
     } else {
         (0..d.n * d.c).map(|_| None).collect()
     };
-    let mut jobs: Vec<(usize, usize, Vec<(usize, Option<&mut [T]>)>)> = (0..d.sets * d.c)
+    let mut jobs: Vec<Job<T>> = (0..d.sets * d.c)
         .map(|j| (j / d.c, j % d.c, vec![]))
         .collect();
     for (i, p) in planes.drain(..).enumerate() {
