@@ -30,14 +30,15 @@ with open(a.log) as f:
             vsteps.append(s)
             vpsnr.append(float(row["val_psnr"]))
 
-mean, run = [], None
-for v in losses:
-    run = v if run is None else 0.98 * run + 0.02 * v
-    mean.append(run)
+# The mean over a window of up to 10 steps, centred: per-step losses vary with the patches.
+mean = []
+for i in range(len(losses)):
+    w = losses[max(0, i - 5) : i + 5]
+    mean.append(sum(w) / len(w))
 
 fig, (l, r) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
 l.plot(steps, losses, color="#9bb7d4", lw=0.6, label="L1 loss per step")
-l.plot(steps, mean, color="#1f4e79", lw=1.6, label="running mean")
+l.plot(steps, mean, color="#1f4e79", lw=1.6, label="mean over 10 steps")
 l.set_xlabel("step")
 l.set_ylabel("L1 loss")
 l.legend()
@@ -46,11 +47,11 @@ r.plot(vsteps, vpsnr, "o-", color="#b5442b", ms=3, label="validation PSNR")
 for ref in a.ref:
     name, db = ref.split("=")
     r.axhline(float(db), ls="--", lw=1, color="gray")
-    r.annotate(f"{name} {float(db):.2f} dB", (vsteps[-1] if vsteps else 0, float(db)),
-               ha="right", va="bottom", fontsize=8, color="gray")
+    r.annotate(f"{name} {float(db):.2f} dB", (vsteps[0] if vsteps else 0, float(db)),
+               xytext=(4, 3), textcoords="offset points", fontsize=8, color="gray")
 r.set_xlabel("step")
 r.set_ylabel("PSNR (dB)")
-r.legend(loc="lower right")
+r.legend(loc="center right")
 r.grid(alpha=0.3)
 fig.suptitle(a.title)
 fig.tight_layout()
