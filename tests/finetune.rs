@@ -124,7 +124,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_bit_for_bit() {
     let o = s.finetune("straight.safetensors", &steps).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let mut child = s
+    let child = s
         .finetune("stopped.safetensors", &steps)
         .stderr(Stdio::piped())
         .spawn()

@@ -289,7 +289,6 @@ fn validate(
     Ok(evaluate(&model, &spec, |_| {})?.mean_psnr)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn train_loop(
     a: &FinetuneArgs,
     trainer: &mut Trainer,
@@ -409,7 +408,7 @@ fn train_loop(
         }
         let done = trainer.step();
         let mut val_field = String::new();
-        if let Some(_) = val.filter(|_| done % a.val_every == 0 || done == trainer.recipe.steps) {
+        if val.is_some() && (done % a.val_every == 0 || done == trainer.recipe.steps) {
             val_psnr = run_val(trainer, &mut val_cost)?;
             val_field = format!("{val_psnr:.4}");
             say(
