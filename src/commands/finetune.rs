@@ -206,11 +206,10 @@ fn check_files(
     read.extend(val.iter().flat_map(|v| v.paths.iter().cloned()));
     read.extend(super::kernel_files(&a.kernel));
     read.extend(a.from.iter().cloned());
-    match locator.find(kind) {
-        Some(converse::weights::Found::Safetensors(p) | converse::weights::Found::Pth(p)) => {
-            read.push(p)
-        }
-        None => {}
+    if let Some(converse::weights::Found::Safetensors(p) | converse::weights::Found::Pth(p)) =
+        locator.find(kind)
+    {
+        read.push(p)
     }
     let resumed_here = a.resume.as_ref().is_some_and(|r| same_file(r, checkpoint));
     if let Some(r) = a.resume.as_ref().filter(|_| !resumed_here) {
