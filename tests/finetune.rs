@@ -92,6 +92,10 @@ fn the_fine_tuned_weights_load_and_beat_the_released_ones_on_their_data() {
                 "log.csv",
                 "--checkpoint-every",
                 "3",
+                "--val",
+                "data",
+                "--val-every",
+                "6",
             ],
         )
         .output()

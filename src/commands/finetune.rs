@@ -73,7 +73,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<ExitCode> {
         Task::Deblur => 8,
         Task::Denoise => 1,
     };
-    if patch < 16 || patch % multiple != 0 {
+    if patch < 16 || !patch.is_multiple_of(multiple) {
         bail!(
             "--patch {patch}: give at least 16 pixels, a multiple of {multiple} for --task {}",
             a.task.name()
@@ -407,7 +407,7 @@ fn train_loop(
         }
         let done = trainer.step();
         let mut val_field = String::new();
-        if val.is_some() && (done % a.val_every == 0 || done == trainer.recipe.steps) {
+        if val.is_some() && (done.is_multiple_of(a.val_every) || done == trainer.recipe.steps) {
             val_psnr = run_val(trainer, &mut val_cost)?;
             val_field = format!("{val_psnr:.4}");
             say(
@@ -422,7 +422,7 @@ fn train_loop(
             r.lr,
             start.elapsed().as_secs_f64()
         ))?;
-        if done % a.checkpoint_every == 0 && trainer.recipe.steps != 0 {
+        if done.is_multiple_of(a.checkpoint_every) && trainer.recipe.steps != 0 {
             save_checkpoint(trainer)?;
         }
         bar.set_position(done as u64);
