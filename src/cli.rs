@@ -65,7 +65,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Fine-tune a released model on your own clean images.
     #[command(
-        after_help = "Example: converse finetune --task denoise --jpeg 10 --data photos/ --minutes 30 -o dncnn_jpeg10.safetensors"
+        after_help = "Example: converse finetune --task sr --data DIR --steps 500 -o sr.safetensors"
     )]
     Finetune(FinetuneArgs),
     /// Write noisy, x4-downscaled or blurred copies to try the models on.
@@ -197,7 +197,7 @@ pub struct RestoreArgs {
     /// Append a JSON line per image to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Weights to run instead of the released ones (e.g. from `converse finetune`).
+    /// Weights to run instead of the released (finetune).
     #[arg(long = "model", value_name = "FILE")]
     pub model_file: Option<PathBuf>,
     #[command(flatten)]
@@ -278,7 +278,7 @@ pub struct EvalArgs {
     /// Replace existing files of --save and --json.
     #[arg(long)]
     pub overwrite: bool,
-    /// Weights to run instead of the released ones (e.g. from `converse finetune`).
+    /// Weights to run instead of the released (finetune).
     #[arg(long = "model", value_name = "FILE")]
     pub model_file: Option<PathBuf>,
     /// No progress bar.
@@ -293,7 +293,7 @@ pub struct FinetuneArgs {
     /// denoise, sr or deblur.
     #[arg(long, value_parser = one_of(&Task::ALL, Task::name), hide_possible_values = true)]
     pub task: Task,
-    /// Folder of clean training images (searched recursively).
+    /// Clean training images (a folder, recursive).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// The fine-tuned weights (.safetensors).
@@ -302,13 +302,13 @@ pub struct FinetuneArgs {
     /// Noise, 0-255 scale (default: 25; deblur 2.55).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_sigma)]
     pub sigma: Option<f64>,
-    /// Denoise: JPEG at quality Q (1-100) instead of noise.
+    /// Denoise: JPEG quality Q (1-100), not noise.
     #[arg(long, value_name = "Q", conflicts_with = "sigma", value_parser = parse_quality)]
     pub jpeg: Option<u8>,
     /// Deblur: blur kernels (default: the standard set).
     #[arg(long, value_name = "K1,K2,...", value_delimiter = ',')]
     pub kernel: Vec<String>,
-    /// Deblur: train Converse-USRNet, which is given the kernel (default: blind).
+    /// Deblur: train USRNet, given the kernel.
     #[arg(long)]
     pub with_kernel: bool,
     /// Side of the clean patches (default: 64; sr 128).
@@ -323,10 +323,10 @@ pub struct FinetuneArgs {
     /// Stop after this long, and fit the schedule to it.
     #[arg(long, value_name = "M")]
     pub minutes: Option<f64>,
-    /// Learning rate at the start (a cosine down to a hundredth).
+    /// Learning rate (cosine to 1/100).
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
-    /// Seed of the patches, symmetries and noise.
+    /// Seed of patches and noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Validation folder: PSNR every --val-every steps.
@@ -338,19 +338,19 @@ pub struct FinetuneArgs {
     /// Steps between checkpoints.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub checkpoint_every: usize,
-    /// The checkpoint (default: OUTPUT with .ckpt.safetensors).
+    /// Checkpoint file (default: OUT.ckpt.safetensors).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
-    /// Continue the run this checkpoint holds (same options and --seed).
+    /// Continue this checkpoint's run (same options).
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<PathBuf>,
-    /// Start from these weights (a fine-tuned .safetensors) instead of the released ones.
+    /// Start from these weights, not the released.
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
-    /// Append a CSV line per step (step, loss, lr, validation PSNR, seconds) to FILE.
+    /// Append step,loss,lr,val_psnr,seconds to FILE.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
-    /// Replace an existing OUTPUT, and start over an existing checkpoint.
+    /// Replace OUTPUT; restart an existing checkpoint.
     #[arg(long)]
     pub overwrite: bool,
     /// No progress bar.

@@ -306,6 +306,7 @@ fn man_pages_render_without_warnings() {
             "converse-degrade.1",
             "converse-demo.1",
             "converse-eval.1",
+            "converse-finetune.1",
             "converse-info.1",
             "converse-man.1",
             "converse-restore.1",
