@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
     let case = args.first().map(String::as_str).unwrap_or("op1");
     let reps: usize = args.get(1).map_or(Ok(5), |r| r.parse())?;
     let dev = Device::Cpu;
+    // As `converse finetune` runs.
+    converse::alloc::keep_freed_blocks();
     let mut step: Box<dyn FnMut() -> Result<()>> = match case {
         "op1" | "op2" => op_step(if case == "op1" { 1 } else { 2 }, &dev)?,
         "dncnn" => dncnn_step(&dev)?,

@@ -6,11 +6,16 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
+};
 use candle_nn::VarBuilder;
 
-use crate::ops::cpu::act;
+use rayon::prelude::*;
+
 use crate::ops::cpu::branch::{converse_block, BlockWeights, BranchWeights, GRID_BUDGET};
+use crate::ops::cpu::gemm::{gemm_strided, Strided};
+use crate::ops::cpu::{act, norm};
 use crate::ops::{Backend, Converse2d, Converse2dConfig};
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {
@@ -43,11 +48,235 @@ impl LayerNorm2d {
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if Backend::for_training(x, &[&self.weight, &self.bias]) == Backend::Fused {
+            let op = LayerNormOp { eps: self.eps };
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        }
         let d = x.broadcast_sub(&x.mean_keepdim(1)?)?;
         let var = d.sqr()?.mean_keepdim(1)?;
         d.broadcast_div(&(var + self.eps)?.sqrt()?)?
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)
+    }
+}
+
+/// `(N, C, H * W)` of a contiguous `(N, C, H, W)` layout.
+fn planes(l: &Layout) -> Result<norm::Dims> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    Ok((n, c, h * w))
+}
+
+/// [`LayerNorm2d`] through which a gradient flows, on the CPU in f32: the fused kernels of
+/// [`norm`] forward and backward, over `(x, weight, bias)`.
+struct LayerNormOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (x, w, b) = (
+            f32_data(xs, xl, name)?,
+            f32_data(ws, wl, name)?,
+            f32_data(bs, bl, name)?,
+        );
+        let mut y = vec![0f32; x.len()];
+        norm::layer_norm(x, &mut y, planes(xl)?, (w, b), self.eps as f32);
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = LayerNormGrad { eps: self.eps };
+        let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
+        let (nx, c) = (x.elem_count(), w.elem_count());
+        Ok((
+            Some(flat.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(flat.narrow(0, nx, c)?.reshape(w.shape())?),
+            Some(flat.narrow(0, nx + c, c)?.reshape(b.shape())?),
+        ))
+    }
+}
+
+/// [`LayerNormOp`]'s backward over `(x, weight, dy)`: `dx`, `dweight` and `dbias` in one flat
+/// tensor.
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layer-norm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (x, w, dy) = (
+            f32_data(xs, xl, name)?,
+            f32_data(ws, wl, name)?,
+            f32_data(ds, dl, name)?,
+        );
+        let mut out = vec![0f32; x.len() + 2 * w.len()];
+        let (dw, db) =
+            norm::layer_norm_grad(x, dy, &mut out[..x.len()], planes(xl)?, w, self.eps as f32);
+        for (o, v) in out[x.len()..].iter_mut().zip(dw.iter().chain(&db)) {
+            *o = *v as f32;
+        }
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// [`Pointwise`] with a bias, through which a gradient flows, on the CPU in f32: over
+/// `(x (N, Cin, H, W), weight (Cout, Cin), bias (Cout, 1))`, the products of [`gemm_strided`] (the
+/// transposes of the backward read in place), the bias's gradient summed in f64.
+struct PointwiseOp;
+
+impl CustomOp3 for PointwiseOp {
+    fn name(&self) -> &'static str {
+        "pointwise-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (x, w, b) = (
+            f32_data(xs, xl, name)?,
+            f32_data(ws, wl, name)?,
+            f32_data(bs, bl, name)?,
+        );
+        let (n, cin, p) = planes(xl)?;
+        let cout = wl.shape().dims2()?.0;
+        let mut y = vec![0f32; n * cout * p];
+        // Images in parallel, each product on one thread; one image: the product's threads.
+        let one = n == 1;
+        y.par_chunks_mut(cout * p).enumerate().for_each(|(i, y)| {
+            for (plane, b) in y.chunks_mut(p).zip(b) {
+                plane.fill(*b);
+            }
+            let x = Strided::rows(&x[i * cin * p..][..cin * p], p);
+            gemm_strided(y, Strided::rows(w, cin), x, (cout, cin, p), true, one);
+        });
+        let (h, w) = (xl.dims()[2], xl.dims()[3]);
+        Ok((CpuStorage::F32(y), Shape::from((n, cout, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &PointwiseGrad)?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        Ok((
+            Some(flat.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(flat.narrow(0, nx, nw)?.reshape(w.shape())?),
+            Some(
+                flat.narrow(0, nx + nw, b.elem_count())?
+                    .reshape(b.shape())?,
+            ),
+        ))
+    }
+}
+
+/// [`PointwiseOp`]'s backward over `(x, weight, dy)`: `dx = wᵀ dy` per image, `dweight = Σ dy xᵀ`
+/// over the images, and `dbias`, in one flat tensor.
+struct PointwiseGrad;
+
+impl CustomOp3 for PointwiseGrad {
+    fn name(&self) -> &'static str {
+        "pointwise-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (x, w, dy) = (
+            f32_data(xs, xl, name)?,
+            f32_data(ws, wl, name)?,
+            f32_data(ds, dl, name)?,
+        );
+        let (n, cin, p) = planes(xl)?;
+        let cout = wl.shape().dims2()?.0;
+        let mut out = vec![0f32; x.len() + w.len() + cout];
+        let (dx, rest) = out.split_at_mut(x.len());
+        let (dw, db) = rest.split_at_mut(w.len());
+        // Images in parallel, each with its own `dweight` to sum; one image: the products'
+        // threads.
+        let one = n == 1;
+        let parts: Vec<Vec<f32>> = dx
+            .par_chunks_mut(cin * p)
+            .enumerate()
+            .map(|(i, dx)| {
+                let (x, dy) = (
+                    &x[i * cin * p..][..cin * p],
+                    &dy[i * cout * p..][..cout * p],
+                );
+                let (wt, d) = (Strided::transposed(w, cin), Strided::rows(dy, p));
+                gemm_strided(dx, wt, d, (cin, cout, p), false, one);
+                let mut dw = vec![0f32; cout * cin];
+                gemm_strided(
+                    &mut dw,
+                    d,
+                    Strided::transposed(x, p),
+                    (cout, p, cin),
+                    false,
+                    one,
+                );
+                dw
+            })
+            .collect();
+        for (k, o) in dw.iter_mut().enumerate() {
+            *o = parts.iter().map(|d| d[k] as f64).sum::<f64>() as f32;
+        }
+        for (o, v) in db.iter_mut().zip(norm::channel_sums(dy, (n, cout, p))) {
+            *o = v as f32;
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
@@ -74,6 +303,11 @@ impl Pointwise {
 impl Module for Pointwise {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
+        if let Some(b) = &self.bias {
+            if Backend::for_training(x, &[&self.weight, b]) == Backend::Fused {
+                return x.contiguous()?.apply_op3(&self.weight, b, PointwiseOp);
+            }
+        }
         let y = self.weight.broadcast_matmul(&x.reshape((n, c, h * w))?)?;
         let y = match &self.bias {
             // A trainable bias's gradient sums the output gradient over every pixel: in f64,
@@ -94,7 +328,9 @@ impl Module for Pointwise {
 /// `erf`, whose backward is exact, instead of candle's `gelu_erf`, whose backward rounds
 /// `1/sqrt(2 pi)` to six digits (an error of about 7e-7, above the float64 gradient bound).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
+    if Backend::for_training(x, &[]) == Backend::Fused {
+        x.contiguous()?.apply_op1(Gelu)
+    } else if x.track_op() {
         (x * 0.5)? * ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)?
     } else {
         x.gelu_erf()
@@ -124,6 +360,35 @@ impl CustomOp1 for Gelu {
         let mut out = vec![0f32; x.len()];
         act::gelu_slice(x, &mut out);
         Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// [`Gelu`]'s backward over `(x, dy)`: `dy * gelu'(x)`.
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "gelu-fused-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (
+            f32_data(xs, xl, self.name())?,
+            f32_data(ds, dl, self.name())?,
+        );
+        let mut dx = vec![0f32; x.len()];
+        act::gelu_grad_slice(x, dy, &mut dx);
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
 
@@ -307,6 +572,25 @@ mod tests {
     use std::collections::HashMap;
 
     fn block(c: usize, alpha: bool) -> ConverseBlock {
+        block_with(&random_params(c, alpha), alpha)
+    }
+
+    /// A block on `params` (tensors or the tensors of `Var`s).
+    fn block_with(params: &HashMap<String, Tensor>, alpha: bool) -> ConverseBlock {
+        let c = params["conv1.0.weight"].dim(0).unwrap();
+        let vb = VarBuilder::from_tensors(params.clone(), DType::F32, &Device::Cpu);
+        let cfg = Converse2dConfig {
+            kernel_size: 5,
+            scale: 1,
+            padding: 3,
+            padding_mode: crate::ops::PaddingMode::Reflect,
+            eps: 1e-5,
+        };
+        ConverseBlock::new(c, cfg, alpha, vb).unwrap()
+    }
+
+    /// Random parameters of a block on `c` channels, by state-dict name.
+    fn random_params(c: usize, alpha: bool) -> HashMap<String, Tensor> {
         let dev = Device::Cpu;
         let mut t = HashMap::new();
         let mut put = |name: &str, shape: &[usize], lo: f32, hi: f32| {
@@ -330,15 +614,7 @@ mod tests {
             put("alpha1", &[1, c, 1, 1], 0.2, 1.0);
             put("alpha2", &[1, c, 1, 1], 0.2, 1.0);
         }
-        let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
-        let cfg = Converse2dConfig {
-            kernel_size: 5,
-            scale: 1,
-            padding: 3,
-            padding_mode: crate::ops::PaddingMode::Reflect,
-            eps: 1e-5,
-        };
-        ConverseBlock::new(c, cfg, alpha, vb).unwrap()
+        t
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -363,6 +639,54 @@ mod tests {
             converse_block(&data, &mut out, (c, h, w), weights, (&geo, filters), 0).unwrap();
             let got = Tensor::from_vec(out, (2, c, h, w), &Device::Cpu).unwrap();
             assert!(max_diff(&got, &want) < 2e-5, "c={c} a group at a time");
+        }
+    }
+
+    /// A block through which gradients flow, on the fused training layers (LayerNorm, the 1x1s,
+    /// GELU, the Converse2D solve) against candle's autograd of the reference: the gradients of
+    /// `sum(y * g)` to the input and to every parameter, on every instruction set, relative to
+    /// each tensor's largest value.
+    #[test]
+    fn fused_training_layers_match_the_reference_gradients() {
+        use crate::ops::cpu::simd::Isa;
+        for (c, alpha, (n, h, w)) in [(24, false, (2, 9, 30)), (5, true, (3, 13, 11))] {
+            let params = random_params(c, alpha);
+            let vars: HashMap<String, candle_core::Var> = params
+                .iter()
+                .map(|(k, t)| (k.clone(), candle_core::Var::from_tensor(t).unwrap()))
+                .collect();
+            let tensors = vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect();
+            let block = block_with(&tensors, alpha);
+            let x = Tensor::rand(-1f32, 1.0, (n, c, h, w), &Device::Cpu).unwrap();
+            let x = candle_core::Var::from_tensor(&x).unwrap();
+            assert_eq!(Backend::for_training(&x, &[]), Backend::Fused);
+            let g = Tensor::rand(-1f32, 1.0, (n, c, h, w), &Device::Cpu).unwrap();
+            let grads = || {
+                let y = block.forward(x.as_tensor()).unwrap();
+                let gr = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut out = vec![("x".to_owned(), gr.get(&x).unwrap().clone())];
+                for (k, v) in &vars {
+                    out.push((k.clone(), gr.get(v).expect(k).clone()));
+                }
+                out
+            };
+            let want = with_reference(grads);
+            for isa in Isa::available() {
+                for ((name, a), (_, b)) in isa.run(grads).iter().zip(&want) {
+                    let scale = b
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let d = max_diff(a, b) / scale.max(1e-3);
+                    assert!(d < 2e-5, "c={c} {isa:?} d{name}: {d:e}");
+                }
+            }
         }
     }
 

@@ -66,6 +66,8 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<ExitCode> {
     if a.steps.is_none() && a.minutes.is_none() {
         bail!("give --steps N, --minutes M, or both")
     }
+    // Every step frees and allocates the same feature maps.
+    converse::alloc::keep_freed_blocks();
     let kind = a.task.model(a.with_kernel);
     let patch = a.patch.unwrap_or(if a.task == Task::Sr { 128 } else { 64 });
     let multiple = match a.task {

@@ -75,6 +75,21 @@ impl Backend {
 }
 
 impl Backend {
+    /// The backend of a layer with a fused backward (LayerNorm, GELU, a 1x1's bias) for input
+    /// `x` and parameters `params`: [`Backend::Fused`] when a gradient is to flow through it
+    /// (to `x` or to a parameter) and `x` is f32 on the CPU, outside [`with_reference`]; else
+    /// [`Backend::Reference`] (also when no gradient flows: the inference kernels are
+    /// [`Backend::of`]'s).
+    pub fn for_training(x: &Tensor, params: &[&Tensor]) -> Self {
+        let tracked = x.track_op() || params.iter().any(|p| p.track_op());
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        if tracked && cpu_f32 && !FORCE_REFERENCE.with(Cell::get) {
+            Self::Fused
+        } else {
+            Self::Reference
+        }
+    }
+
     /// Whether a Converse2D solve through which gradients flow runs its fused CPU backward
     /// ([`cpu::solve_grad`]) for input `x`: f32 and f64 on the CPU, outside [`with_reference`].
     /// The other layers take the reference then.

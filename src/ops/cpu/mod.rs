@@ -10,7 +10,8 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`simd`] | 8-lane vectors, the instruction set per call (AVX-512, AVX2 + FMA, portable), [`simd::simd_fn!`] |
-//! | [`act`] | GELU |
+//! | [`act`] | GELU and its derivative |
+//! | [`norm`] | channels-first LayerNorm and its backward, bias gradients (for training) |
 //! | [`bench`] | units of work for `benches/ops.rs` to time |
 //! | [`gemm`] | matrix products on the calling thread |
 //! | [`branch`] | the fused `ConverseBlock` |
@@ -23,6 +24,7 @@ pub mod bench;
 pub(crate) mod branch;
 pub(crate) mod gemm;
 pub(crate) mod lanes;
+pub(crate) mod norm;
 pub(crate) mod simd;
 pub(crate) mod solve;
 pub(crate) mod solve_grad;
