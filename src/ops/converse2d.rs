@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Module, R
 use candle_nn::VarBuilder;
 
 use super::cpu::solve::{Filters, Geometry};
-use super::cpu::solve_grad;
+use super::cpu::solve_grad::{self, Dims, Wanted};
 use super::fft::{irfft2, rfft2};
 use super::pad::{check_padding, pad2d, PaddingMode};
 use super::planar_cache::PlanarCache;
@@ -357,6 +357,9 @@ impl CustomOp2 for TrainSolve {
     }
 }
 
+/// The gradients `(dx, dg)` of a solve.
+type Grads<T> = (Vec<T>, Vec<T>);
+
 /// [`TrainSolve`]'s backward over `(x, g, dy)`: the wanted gradients, `dx` then `dg`, in one
 /// flat tensor.
 struct TrainBackward<'a> {
@@ -378,11 +381,13 @@ impl CustomOp3 for TrainBackward<'_> {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: candle_core::WithDType + crate::ops::fft::cpu::Float>(
+        type Backward<T> = fn(&[T], &[T], &[T], Dims, &Geometry, Wanted) -> Result<Grads<T>>;
+        fn run<T: candle_core::WithDType>(
             me: &TrainBackward,
             (xs, xl): (&CpuStorage, &Layout),
             (gs, gl): (&CpuStorage, &Layout),
             (ds, dl): (&CpuStorage, &Layout),
+            backward: Backward<T>,
         ) -> Result<Vec<T>> {
             let name = me.name();
             let (x, g, dy) = (
@@ -392,13 +397,26 @@ impl CustomOp3 for TrainBackward<'_> {
             );
             let d = TrainSolve::dims(xl, gl)?;
             let geo = me.op.geometry();
-            let (mut dx, dg) = solve_grad::backward::<T>(x, g, dy, d, &geo, me.want)?;
+            let (mut dx, dg) = backward(x, g, dy, d, &geo, me.want)?;
             dx.extend_from_slice(&dg);
             Ok(dx)
         }
+        // f32 at scale 1: the lane backward; else the plane backward (the lane backward's
+        // reference). At scale 2 the plane backward is the faster (77 against 125 ms for the
+        // bench's 4x64x128x128). At scale 1 the lanes win where rustfft has no fast butterfly
+        // for a factor (76 = 4 x 19: a Converse-DnCNN step, 4.7 against 5.4 s) and lose a
+        // little where it has (132 = 4 x 3 x 11: 40 against 35 ms for the bench's operator).
+        let (x, g, d) = ((xs, xl), (gs, gl), (ds, dl));
         let out = match xs {
-            CpuStorage::F32(_) => CpuStorage::F32(run(self, (xs, xl), (gs, gl), (ds, dl))?),
-            CpuStorage::F64(_) => CpuStorage::F64(run(self, (xs, xl), (gs, gl), (ds, dl))?),
+            CpuStorage::F32(_) if self.op.scale > 1 => {
+                CpuStorage::F32(run(self, x, g, d, solve_grad::backward)?)
+            }
+            CpuStorage::F32(_) => CpuStorage::F32(run(self, x, g, d, |x, g, dy, d, geo, want| {
+                Ok(super::cpu::solve::backward::backward(
+                    x, g, dy, d, geo, want,
+                ))
+            })?),
+            CpuStorage::F64(_) => CpuStorage::F64(run(self, x, g, d, solve_grad::backward)?),
             _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
         };
         let count = match &out {

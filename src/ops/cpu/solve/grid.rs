@@ -147,32 +147,37 @@ impl Grid {
 
     /// Fills the padding of the grid from its interior.
     pub(crate) fn fill_padding(&mut self, geo: &Geometry) {
-        let (pad, w, wp) = (geo.pad, geo.w, geo.wp);
-        for i in pad..pad + geo.h {
-            let (gr, gi) = (&mut self.re[i * wp..][..wp], &mut self.im[i * wp..][..wp]);
-            for (j, col) in geo.cols.iter().enumerate() {
-                if j < pad || j >= pad + w {
-                    (gr[j], gi[j]) = match *col {
-                        Some(c) => (gr[pad + c], gi[pad + c]),
-                        None => (V::default(), V::default()),
-                    };
-                }
+        fill_padding(geo, (&mut self.re, &mut self.im))
+    }
+}
+
+/// Fills the padding of the grid `(re, im)` from its interior.
+pub(super) fn fill_padding(geo: &Geometry, (re, im): (&mut [V], &mut [V])) {
+    let (pad, w, wp) = (geo.pad, geo.w, geo.wp);
+    for i in pad..pad + geo.h {
+        let (gr, gi) = (&mut re[i * wp..][..wp], &mut im[i * wp..][..wp]);
+        for (j, col) in geo.cols.iter().enumerate() {
+            if j < pad || j >= pad + w {
+                (gr[j], gi[j]) = match *col {
+                    Some(c) => (gr[pad + c], gi[pad + c]),
+                    None => (V::default(), V::default()),
+                };
             }
         }
-        for (i, row) in geo.rows.iter().enumerate() {
-            if i >= pad && i < pad + geo.h {
-                continue;
+    }
+    for (i, row) in geo.rows.iter().enumerate() {
+        if i >= pad && i < pad + geo.h {
+            continue;
+        }
+        match *row {
+            Some(r) => {
+                let src = (r + pad) * wp;
+                re.copy_within(src..src + wp, i * wp);
+                im.copy_within(src..src + wp, i * wp);
             }
-            match *row {
-                Some(r) => {
-                    let src = (r + pad) * wp;
-                    self.re.copy_within(src..src + wp, i * wp);
-                    self.im.copy_within(src..src + wp, i * wp);
-                }
-                None => {
-                    self.re[i * wp..][..wp].fill(V::default());
-                    self.im[i * wp..][..wp].fill(V::default());
-                }
+            None => {
+                re[i * wp..][..wp].fill(V::default());
+                im[i * wp..][..wp].fill(V::default());
             }
         }
     }

@@ -140,7 +140,7 @@ simd_fn! {
 
 /// The forward transform of column `j` of the grid, in place.
 #[inline(always)]
-fn forward_column<S: Simd>(
+pub(super) fn forward_column<S: Simd>(
     s: S,
     geo: &Geometry,
     (re, im): (&mut [V], &mut [V]),
@@ -165,7 +165,7 @@ fn forward_column<S: Simd>(
 /// The inverse transform of column `j` of the grid `(dr, di)`, in place: the forward one with
 /// the parts swapped.
 #[inline(always)]
-fn inverse_column<S: Simd>(
+pub(super) fn inverse_column<S: Simd>(
     s: S,
     geo: &Geometry,
     (dr, di): (&mut [V], &mut [V]),

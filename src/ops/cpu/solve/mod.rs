@@ -20,7 +20,9 @@
 //! | [`kernel`] | the transforms, the filter step and the crop of one group |
 //! | [`filters`] | a group's transfer functions in the lane layout |
 //! | [`pool`] | the process's pool of grid-sized buffers |
+//! | [`backward`] | the solve's backward on lanes (f32), for training |
 
+pub(crate) mod backward;
 mod filters;
 mod grid;
 mod kernel;
