@@ -6,12 +6,14 @@
 //! [`cpu`]; everything else (other devices, f64) takes the same maths composed of candle ops,
 //! which is also the reference the fused kernels are tested against.
 //!
-//! A layer takes the reference whenever a gradient is to flow through it
-//! ([`Backend::for_layer`]), to its input or to its parameters (candle `Var`s, or tensors made
-//! from them), and candle's autograd differentiates the composed ops; except the Converse2D
-//! solve, which on the CPU has a fused backward ([`Backend::trains_fused`]): the fused forward
-//! (f32) and the adjoint solve of [`cpu::solve_grad`], its filters' gradient passed on to the
-//! kernels and `λ` through the candle ops that built them.
+//! When a gradient is to flow through a layer, to its input or to its parameters (candle
+//! `Var`s, or tensors made from them), the fused inference kernels step aside
+//! ([`Backend::for_layer`]) and each layer runs its training kernels where it has them: on the
+//! CPU in f32, LayerNorm, the 1x1 convolutions and GELU ([`Backend::for_training`], forward and
+//! backward in [`cpu`]), and the Converse2D solve in f32 and f64 ([`Backend::trains_fused`]:
+//! the fused forward, the adjoint solve and the filters' gradient, passed on to the kernels and
+//! `λ` through the ops that built the filters). Elsewhere candle's autograd differentiates the
+//! composed ops, which are also the reference the training kernels are tested against.
 
 pub mod converse2d;
 pub(crate) mod cpu;
