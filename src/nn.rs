@@ -30,6 +30,35 @@ fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
+/// The contiguous f32 data of three CPU storages.
+fn f32_data3<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+    op: &str,
+) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    Ok((
+        f32_data(s1, l1, op)?,
+        f32_data(s2, l2, op)?,
+        f32_data(s3, l3, op)?,
+    ))
+}
+
+/// The gradients of a custom op's three arguments.
+type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// The gradients of `args` from one flat tensor holding them one after the other, each shaped
+/// as its argument.
+fn split_flat(flat: &Tensor, args: [&Tensor; 3]) -> Result<Grads3> {
+    let mut at = 0;
+    let mut next = |t: &Tensor| {
+        let piece = flat.narrow(0, at, t.elem_count())?.reshape(t.shape());
+        at += t.elem_count();
+        piece.map(Some)
+    };
+    Ok((next(args[0])?, next(args[1])?, next(args[2])?))
+}
+
 /// Channels-first LayerNorm over dim 1 of `(N, C, H, W)` (`LayerNorm(data_format="channels_first")`).
 #[derive(Debug, Clone)]
 pub struct LayerNorm2d {
@@ -86,33 +115,15 @@ impl CustomOp3 for LayerNormOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (x, w, b) = (
-            f32_data(xs, xl, name)?,
-            f32_data(ws, wl, name)?,
-            f32_data(bs, bl, name)?,
-        );
+        let (x, w, b) = f32_data3((xs, xl), (ws, wl), (bs, bl), self.name())?;
         let mut y = vec![0f32; x.len()];
         norm::layer_norm(x, &mut y, planes(xl)?, (w, b), self.eps as f32);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Grads3> {
         let op = LayerNormGrad { eps: self.eps };
-        let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
-        let (nx, c) = (x.elem_count(), w.elem_count());
-        Ok((
-            Some(flat.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(flat.narrow(0, nx, c)?.reshape(w.shape())?),
-            Some(flat.narrow(0, nx + c, c)?.reshape(b.shape())?),
-        ))
+        split_flat(&x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?, [x, w, b])
     }
 }
 
@@ -136,12 +147,7 @@ impl CustomOp3 for LayerNormGrad {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (x, w, dy) = (
-            f32_data(xs, xl, name)?,
-            f32_data(ws, wl, name)?,
-            f32_data(ds, dl, name)?,
-        );
+        let (x, w, dy) = f32_data3((xs, xl), (ws, wl), (ds, dl), self.name())?;
         let mut out = vec![0f32; x.len() + 2 * w.len()];
         let (dw, db) =
             norm::layer_norm_grad(x, dy, &mut out[..x.len()], planes(xl)?, w, self.eps as f32);
@@ -172,12 +178,7 @@ impl CustomOp3 for PointwiseOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (x, w, b) = (
-            f32_data(xs, xl, name)?,
-            f32_data(ws, wl, name)?,
-            f32_data(bs, bl, name)?,
-        );
+        let (x, w, b) = f32_data3((xs, xl), (ws, wl), (bs, bl), self.name())?;
         let (n, cin, p) = planes(xl)?;
         let cout = wl.shape().dims2()?.0;
         let mut y = vec![0f32; n * cout * p];
@@ -194,24 +195,9 @@ impl CustomOp3 for PointwiseOp {
         Ok((CpuStorage::F32(y), Shape::from((n, cout, h, w))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Grads3> {
         let flat = x.apply_op3_no_bwd(w, &dy.contiguous()?, &PointwiseGrad)?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
-        Ok((
-            Some(flat.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(flat.narrow(0, nx, nw)?.reshape(w.shape())?),
-            Some(
-                flat.narrow(0, nx + nw, b.elem_count())?
-                    .reshape(b.shape())?,
-            ),
-        ))
+        split_flat(&flat, [x, w, b])
     }
 }
 
@@ -233,12 +219,7 @@ impl CustomOp3 for PointwiseGrad {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (x, w, dy) = (
-            f32_data(xs, xl, name)?,
-            f32_data(ws, wl, name)?,
-            f32_data(ds, dl, name)?,
-        );
+        let (x, w, dy) = f32_data3((xs, xl), (ws, wl), (ds, dl), self.name())?;
         let (n, cin, p) = planes(xl)?;
         let cout = wl.shape().dims2()?.0;
         let mut out = vec![0f32; x.len() + w.len() + cout];
