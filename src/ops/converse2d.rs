@@ -258,8 +258,9 @@ fn solve_trainable(
 /// The solve a training step runs on the CPU, over the input and the transfer functions `g`
 /// (made of candle ops from the kernels and `λ` when they train, so that their gradients follow
 /// from `g`'s): forward, the fused lane solve for f32 (from `taps`, what `g` was made of) and
-/// the plane solve of [`super::cpu::solve_grad`] for f64; backward, the plane solve's adjoint
-/// to `x` and `g`, each when it is wanted.
+/// the plane solve of [`super::cpu::solve_grad`] for f64; backward, the adjoint to `x` and `g`,
+/// each when it is wanted: on lanes for f32 at scale 1 ([`super::cpu::solve::backward`]), else
+/// plane by plane.
 struct TrainSolve {
     taps: Taps,
     size: (usize, usize),

@@ -93,8 +93,8 @@ impl Backend {
     }
 
     /// Whether a Converse2D solve through which gradients flow runs its fused CPU backward
-    /// ([`cpu::solve_grad`]) for input `x`: f32 and f64 on the CPU, outside [`with_reference`].
-    /// The other layers take the reference then.
+    /// ([`cpu::solve_grad`], and on lanes at scale 1 in f32) for input `x`: f32 and f64 on the
+    /// CPU, outside [`with_reference`]. The other layers ask [`Backend::for_training`].
     pub fn trains_fused(x: &Tensor) -> bool {
         x.device().is_cpu()
             && matches!(x.dtype(), DType::F32 | DType::F64)

@@ -17,7 +17,7 @@
 //! | [`branch`] | the fused `ConverseBlock` |
 //! | [`lanes`] | complex 1-D FFTs over 8-lane vectors (mixed radix, Bluestein for large primes) |
 //! | [`solve`] | the lane-batched Converse2D solve: its grid, kernel, transfer functions and buffer pool |
-//! | [`solve_grad`] | the solve plane by plane with its backward (f32 and f64), for training |
+//! | [`solve_grad`] | the solve plane by plane with its backward (f32 and f64), for training; the lane backward's reference |
 
 pub(crate) mod act;
 pub mod bench;

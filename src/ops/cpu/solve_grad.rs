@@ -1,5 +1,7 @@
-//! The Converse2D solve plane by plane (f32 and f64, realfft), forward and backward: what a
-//! training step on the CPU runs, with the learned filters as a tensor that gradients reach.
+//! The Converse2D solve plane by plane (f32 and f64, realfft), forward and backward, with the
+//! learned filters as a tensor that gradients reach: what a training step on the CPU runs in
+//! f64 and, for the backward, at scale 2 and more; the reference of the lane backward
+//! ([`super::solve::backward`]), which f32 takes at scale 1.
 //!
 //! With the planar transfer functions `g` `(sets, C, s², 2, hp, wq)`
 //! ([`crate::ops::transfer::planar`], or [`crate::ops::grad::planar`] when the kernels train),
