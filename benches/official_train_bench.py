@@ -7,8 +7,9 @@ examples/train_bench.rs:
             torch.optim.Adam), a batch of 8 gray 64x64 patches.
 
 usage: python official_train_bench.py OFFICIAL_REPO WEIGHTS_DIR CASE [--reps N] [--threads N]
-Prints one JSON line: {"case", "ms_per_step", "times_ms"} (the median of N steps after one
-warm-up step). Peak RSS: benches/train_vs_official.py reads it from the process.
+Prints one JSON line: {"case", "ms_per_step", "times_ms"} (the median of N steps after a
+warm-up of up to 10 steps or 3 s, at least one, as examples/train_bench.rs). Peak RSS:
+benches/train_vs_official.py reads it from the process.
 """
 import argparse, json, sys, time
 import torch
@@ -49,7 +50,11 @@ elif a.case == "dncnn":
 else:
     sys.exit(f"unknown case {a.case}")
 
-step()
+warm = time.perf_counter()
+for _ in range(10):
+    step()
+    if time.perf_counter() - warm >= 3.0:
+        break
 times = []
 for _ in range(a.reps):
     t = time.perf_counter(); step(); times.append((time.perf_counter() - t) * 1e3)

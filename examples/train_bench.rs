@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Prints one JSON line: `{"case", "ms_per_step", "times_ms"}` (the median of `REPS` steps,
-//! default 5, after one warm-up step). Weights: `CONVERSE_WEIGHTS` (default `../shared/weights`).
+//! default 5, after a warm-up of up to 10 steps or 3 s, as the official bench). Weights: `CONVERSE_WEIGHTS` (default `../shared/weights`).
 
 use std::time::Instant;
 
@@ -21,6 +21,10 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use converse::ops::{Converse2d, Converse2dConfig};
 use converse::weights::WeightsLocator;
 use converse::ModelKind;
+
+/// The warm-up before timing: at most this many steps, ending once this many seconds passed.
+const WARM_UP_STEPS: usize = 10;
+const WARM_UP_SECONDS: f64 = 3.0;
 
 /// The binary's allocator, as `converse` runs with.
 #[global_allocator]
@@ -38,7 +42,15 @@ fn main() -> anyhow::Result<()> {
         "dncnn" => dncnn_step(&dev)?,
         _ => anyhow::bail!("unknown case '{case}' (op1, op2 or dncnn)"),
     };
-    step()?;
+    // Warm-up, as the official bench: steps until 10 are done or 3 s have passed (at least
+    // one), so that the allocator's and the buffer pool's blocks are in place.
+    let warm = Instant::now();
+    for _ in 0..WARM_UP_STEPS {
+        step()?;
+        if warm.elapsed().as_secs_f64() >= WARM_UP_SECONDS {
+            break;
+        }
+    }
     let mut times = vec![];
     for _ in 0..reps {
         let t = Instant::now();

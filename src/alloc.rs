@@ -8,6 +8,8 @@
 //! your own can too: `#[global_allocator] static A: converse::alloc::Allocator = converse::alloc::Allocator;`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// [`System`], with blocks of [`LARGE`] bytes or more advised for huge pages.
 #[derive(Debug, Default, Clone, Copy)]
@@ -36,21 +38,115 @@ fn advise(p: *mut u8, len: usize) {
     let _ = (p, len);
 }
 
-// SAFETY: every call is passed to `System` unchanged; `advise` only adds a hint on the block.
+/// Blocks from this size on (glibc's largest `M_MMAP_THRESHOLD`, always mapped afresh by it)
+/// are kept by [`Allocator`] itself once [`keep_freed_blocks`] is called.
+pub const KEPT_FROM: usize = 32 << 20;
+
+/// At most this many freed blocks, and this many bytes, are kept; the oldest go first.
+const KEPT_BLOCKS: usize = 16;
+const KEPT_BYTES: usize = 2 << 30;
+
+/// Whether freed blocks of [`KEPT_FROM`] bytes or more are kept for reuse.
+static KEEP: AtomicBool = AtomicBool::new(false);
+
+/// Blocks as `(address, size, align)`.
+type Blocks = [(usize, usize, usize); KEPT_BLOCKS + 1];
+
+/// Freed large blocks, oldest first: `(address, size, align)`.
+struct Kept {
+    blocks: [(usize, usize, usize); KEPT_BLOCKS],
+    len: usize,
+}
+
+static KEPT: Mutex<Kept> = Mutex::new(Kept {
+    blocks: [(0, 0, 0); KEPT_BLOCKS],
+    len: 0,
+});
+
+impl Kept {
+    fn bytes(&self) -> usize {
+        self.blocks[..self.len].iter().map(|b| b.1).sum()
+    }
+
+    /// Takes out a kept block of exactly this layout, if there is one.
+    fn take(&mut self, layout: Layout) -> Option<*mut u8> {
+        let at = self.blocks[..self.len]
+            .iter()
+            .rposition(|&(_, size, align)| size == layout.size() && align == layout.align())?;
+        let (p, _, _) = self.blocks[at];
+        self.blocks.copy_within(at + 1..self.len, at);
+        self.len -= 1;
+        Some(p as *mut u8)
+    }
+
+    /// Keeps a block; returns the blocks to free (the oldest ones that no longer fit, or this
+    /// one if it alone is too large) and their count.
+    fn keep(&mut self, p: *mut u8, layout: Layout) -> (Blocks, usize) {
+        let (mut out, mut n) = ([(0, 0, 0); KEPT_BLOCKS + 1], 0);
+        let block = (p as usize, layout.size(), layout.align());
+        if layout.size() > KEPT_BYTES {
+            out[0] = block;
+            return (out, 1);
+        }
+        while self.len == KEPT_BLOCKS || (self.len > 0 && self.bytes() + layout.size() > KEPT_BYTES)
+        {
+            out[n] = self.blocks[0];
+            n += 1;
+            self.blocks.copy_within(1..self.len, 0);
+            self.len -= 1;
+        }
+        self.blocks[self.len] = block;
+        self.len += 1;
+        (out, n)
+    }
+}
+
+/// Whether [`keep_freed_blocks`] was called: buffer pools then keep what they hold too.
+pub fn keeps_freed_blocks() -> bool {
+    KEEP.load(Ordering::Relaxed)
+}
+
+/// A kept block for `layout`, when blocks are kept and one fits exactly.
+fn reuse(layout: Layout) -> Option<*mut u8> {
+    if layout.size() < KEPT_FROM || !KEEP.load(Ordering::Relaxed) {
+        return None;
+    }
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).take(layout)
+}
+
+// SAFETY: every block comes from `System` and goes back to it with the layout it was made with:
+// a kept block is handed out again only for that same layout; `advise` only adds a hint.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(p) = reuse(layout) {
+            return p;
+        }
         let p = System.alloc(layout);
         advise(p, layout.size());
         p
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if let Some(p) = reuse(layout) {
+            std::ptr::write_bytes(p, 0, layout.size());
+            return p;
+        }
         let p = System.alloc_zeroed(layout);
         advise(p, layout.size());
         p
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        if layout.size() >= KEPT_FROM && KEEP.load(Ordering::Relaxed) {
+            let (evicted, n) = KEPT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keep(p, layout);
+            for &(q, size, align) in &evicted[..n] {
+                System.dealloc(q as *mut u8, Layout::from_size_align_unchecked(size, align));
+            }
+            return;
+        }
         System.dealloc(p, layout)
     }
 
@@ -61,12 +157,15 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
-/// Keeps freed blocks of up to 32 MiB in the process for reuse (glibc: `M_MMAP_THRESHOLD` at its
-/// 32 MiB ceiling, `M_TRIM_THRESHOLD` off), for loops that free and allocate the same blocks
-/// over and over, as training steps do: glibc otherwise maps them afresh and hands them back,
-/// and the kernel zeroes every page again on its first touch. Returns whether the allocator
-/// took the settings (false off glibc). `converse finetune` calls it.
+/// Keeps freed blocks in the process for reuse, for loops that free and allocate the same
+/// blocks over and over, as training steps do: the allocator otherwise maps them afresh and
+/// hands them back, and the kernel zeroes every page again on its first touch. Blocks of up to
+/// 32 MiB stay with glibc (`M_MMAP_THRESHOLD` at its 32 MiB ceiling, `M_TRIM_THRESHOLD` off);
+/// larger ones, which glibc always maps, stay with [`Allocator`] (the last 16 freed, at most
+/// 2 GiB, each reused for a block of the same size). Returns whether glibc took its settings
+/// (false off glibc). `converse finetune` calls it.
 pub fn keep_freed_blocks() -> bool {
+    KEEP.store(true, Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only changes glibc's thresholds; both values are in their ranges.
     unsafe {
@@ -111,6 +210,62 @@ mod tests {
     #[test]
     fn glibc_takes_the_settings() {
         assert!(keep_freed_blocks());
+    }
+
+    /// The kept blocks: at most [`KEPT_BLOCKS`] and [`KEPT_BYTES`], the oldest handed back
+    /// first, a block too large for the cap handed back at once, and a block taken out only
+    /// for its exact layout.
+    #[test]
+    fn kept_blocks_are_bounded_and_matched_exactly() {
+        let mut kept = Kept {
+            blocks: [(0, 0, 0); KEPT_BLOCKS],
+            len: 0,
+        };
+        let layout = |size: usize| Layout::from_size_align(size, 64).unwrap();
+        let size = KEPT_FROM + 4096;
+        for i in 0..KEPT_BLOCKS {
+            let (_, n) = kept.keep((0x1000 * (i + 1)) as *mut u8, layout(size));
+            assert_eq!(n, 0);
+        }
+        let (out, n) = kept.keep(0xff000 as *mut u8, layout(size));
+        assert_eq!((n, out[0].0), (1, 0x1000), "the oldest goes first");
+        let (out, n) = kept.keep(0xee000 as *mut u8, layout(KEPT_BYTES + 1));
+        assert_eq!((n, out[0].0), (1, 0xee000), "too large to keep");
+        // Bytes: a block of half the cap hands back the oldest until it fits.
+        let (_, n) = kept.keep(0xdd000 as *mut u8, layout(KEPT_BYTES / 2));
+        let kept_bytes = kept.bytes();
+        assert!(n > 0 && kept_bytes <= KEPT_BYTES, "{n} {kept_bytes}");
+        assert_eq!(kept.take(layout(size + 1)), None);
+        assert_eq!(kept.take(Layout::from_size_align(size, 8).unwrap()), None);
+        assert_eq!(kept.take(layout(KEPT_BYTES / 2)), Some(0xdd000 as *mut u8));
+        assert_eq!(
+            kept.take(layout(size)),
+            Some(0xff000 as *mut u8),
+            "the newest first"
+        );
+    }
+
+    /// Once blocks are kept, a freed large block is handed out again for the same layout, and
+    /// zeroed when asked.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn freed_large_blocks_are_reused() {
+        keep_freed_blocks();
+        let a = Allocator;
+        // A size no other test allocates.
+        let layout = Layout::from_size_align(KEPT_FROM + 3 * 4096 + 64, 64).unwrap();
+        // SAFETY: every block is freed with its own layout.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            std::ptr::write_bytes(p, 7, layout.size());
+            a.dealloc(p, layout);
+            let q = a.alloc_zeroed(layout);
+            assert_eq!(q, p);
+            let block = std::slice::from_raw_parts(q, layout.size());
+            assert!(block.iter().all(|&b| b == 0));
+            a.dealloc(q, layout);
+        }
     }
 
     #[test]

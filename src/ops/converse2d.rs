@@ -8,8 +8,8 @@
 //! the learned layer [`Converse2d`] keeps its transfer functions on the reference path. Both run
 //! the fused CPU kernels for f32 on the CPU and the composed candle ops ([`solve_reference`])
 //! everywhere else. When a gradient is to flow (to the input, or to the kernels and `λ`, whose
-//! transfer functions are then built with candle ops, [`super::grad`], and not cached), the CPU
-//! runs the fused forward with its fused backward ([`super::cpu::solve_grad`]) for f32 and f64,
+//! transfer functions are then built per call with their own backward, [`super::grad`]), the
+//! CPU runs fused training solves with their fused backward ([`TrainSolve`]) for f32 and f64,
 //! and other devices the reference, which candle's autograd differentiates.
 
 use candle_core::Tensor;
@@ -128,12 +128,9 @@ fn solve_with(
     taps.check_fits((hp, wp), scale)?;
     if let Some((kernel, lam)) = tracked {
         if Backend::trains_fused(x) {
-            // At s > 1 the composed ops work on the s-fold grid: the host builds `g` and its
-            // backward instead.
-            let g = match scale {
-                1 => super::grad::planar(kernel, lam, (hp, wp), scale)?,
-                _ => super::grad::planar_host(kernel, lam, (hp, wp), scale)?,
-            };
+            // The host builds `g` and its backward (vectorised over channels), not the
+            // composed ops (elementwise, and on the s-fold grid at s > 1).
+            let g = super::grad::planar_host(kernel, lam, (hp, wp), scale)?;
             // The kernels as they are now (an optimiser updates them in place).
             let taps = Taps::new(kernel, lam)?;
             return solve_trainable(x, &g, taps, scale, padding, mode);
@@ -251,22 +248,27 @@ fn solve_trainable(
         padding,
         scale,
         mode,
+        spectra: std::sync::Mutex::new(None),
     };
     x.contiguous()?.apply_op2(&g.contiguous()?, op)
 }
 
 /// The solve a training step runs on the CPU, over the input and the transfer functions `g`
-/// (made of candle ops from the kernels and `λ` when they train, so that their gradients follow
-/// from `g`'s): forward, the fused lane solve for f32 (from `taps`, what `g` was made of) and
-/// the plane solve of [`super::cpu::solve_grad`] for f64; backward, the adjoint to `x` and `g`,
-/// each when it is wanted: on lanes for f32 at scale 1 ([`super::cpu::solve::backward`]), else
-/// plane by plane.
+/// (made on the host by an op with its own backward when the kernels and `λ` train,
+/// [`super::grad::planar_host`], so that their gradients follow from `g`'s): forward, for f32
+/// at scale 1 the lane solve from `g` that keeps the input's spectrum for the backward
+/// ([`super::cpu::solve::backward::forward`]), for f32 at larger scales the fused lane solve
+/// (from `taps`, what `g` was made of), for f64 the plane solve of [`super::cpu::solve_grad`];
+/// backward, the adjoint to `x` and `g`, each when it is wanted: on lanes for f32 at scale 1
+/// ([`super::cpu::solve::backward`]), else plane by plane.
 struct TrainSolve {
     taps: Taps,
     size: (usize, usize),
     padding: usize,
     scale: usize,
     mode: PaddingMode,
+    /// The input's spectra the forward kept for the backward (f32 at scale 1).
+    spectra: std::sync::Mutex<Option<super::cpu::solve::backward::Spectra>>,
 }
 
 impl TrainSolve {
@@ -313,6 +315,16 @@ impl CustomOp2 for TrainSolve {
         let (s, (h, w)) = (self.scale, self.size);
         let shape = Shape::from((d.n, d.c, h * s, w * s));
         let out = match xs {
+            CpuStorage::F32(_) if s == 1 => {
+                let (x, g) = (values(self.name(), xs, xl)?, values(self.name(), gs, gl)?);
+                let mut out = vec![0f32; shape.elem_count()];
+                let spectra = super::cpu::solve::backward::forward(x, g, &mut out, d, &geo);
+                let old = self.spectra.lock().map(|mut k| k.replace(spectra));
+                if let Ok(Some(old)) = old {
+                    old.release();
+                }
+                CpuStorage::F32(out)
+            }
             CpuStorage::F32(_) => {
                 let x = values::<f32>(self.name(), xs, xl)?;
                 let mut out = vec![0f32; shape.elem_count()];
@@ -343,29 +355,46 @@ impl CustomOp2 for TrainSolve {
         if !want.dx && !want.dg {
             return Ok((None, None));
         }
-        let op = TrainBackward { op: self, want };
-        let flat = x.apply_op3_no_bwd(g, &dy.contiguous()?, &op)?;
-        let nx = if want.dx { x.elem_count() } else { 0 };
-        let dx = match want.dx {
-            true => Some(flat.narrow(0, 0, nx)?.reshape(x.shape())?),
-            false => None,
+        let spectra = self.spectra.lock().ok().and_then(|mut k| k.take());
+        let op = TrainBackward {
+            op: self,
+            want,
+            other: std::sync::Mutex::new(None),
+            spectra,
         };
-        let dg = match want.dg {
-            true => Some(flat.narrow(0, nx, g.elem_count())?.reshape(g.shape())?),
-            false => None,
-        };
-        Ok((dx, dg))
+        // The op's output is the first wanted gradient; `dg` beside `dx` comes back apart.
+        let first = x.apply_op3_no_bwd(g, &dy.contiguous()?, &op);
+        if let Some(spectra) = op.spectra {
+            spectra.release();
+        }
+        let first = first?;
+        let other = op.other.into_inner().unwrap_or_else(|e| e.into_inner());
+        match (want.dx, want.dg) {
+            (true, true) => {
+                let dg = match other {
+                    Some(CpuStorage::F32(v)) => Tensor::from_vec(v, g.shape(), g.device())?,
+                    Some(CpuStorage::F64(v)) => Tensor::from_vec(v, g.shape(), g.device())?,
+                    _ => candle_core::bail!("converse2d-train-backward: no filter gradient"),
+                };
+                Ok((Some(first.reshape(x.shape())?), Some(dg)))
+            }
+            (true, false) => Ok((Some(first.reshape(x.shape())?), None)),
+            _ => Ok((None, Some(first.reshape(g.shape())?))),
+        }
     }
 }
 
 /// The gradients `(dx, dg)` of a solve.
 type Grads<T> = (Vec<T>, Vec<T>);
 
-/// [`TrainSolve`]'s backward over `(x, g, dy)`: the wanted gradients, `dx` then `dg`, in one
-/// flat tensor.
+/// [`TrainSolve`]'s backward over `(x, g, dy)`: returns the first wanted gradient (`dx`, else
+/// `dg`) and keeps `dg` in `other` when both are wanted.
 struct TrainBackward<'a> {
     op: &'a TrainSolve,
     want: solve_grad::Wanted,
+    other: std::sync::Mutex<Option<CpuStorage>>,
+    /// The input's spectra from the forward, for the lane backward.
+    spectra: Option<super::cpu::solve::backward::Spectra>,
 }
 
 impl CustomOp3 for TrainBackward<'_> {
@@ -382,14 +411,15 @@ impl CustomOp3 for TrainBackward<'_> {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        type Backward<T> = fn(&[T], &[T], &[T], Dims, &Geometry, Wanted) -> Result<Grads<T>>;
+        type Backward<'a, T> =
+            &'a dyn Fn(&[T], &[T], &[T], Dims, &Geometry, Wanted) -> Result<Grads<T>>;
         fn run<T: candle_core::WithDType>(
             me: &TrainBackward,
             (xs, xl): (&CpuStorage, &Layout),
             (gs, gl): (&CpuStorage, &Layout),
             (ds, dl): (&CpuStorage, &Layout),
-            backward: Backward<T>,
-        ) -> Result<Vec<T>> {
+            backward: Backward<'_, T>,
+        ) -> Result<CpuStorage> {
             let name = me.name();
             let (x, g, dy) = (
                 values(name, xs, xl)?,
@@ -398,9 +428,15 @@ impl CustomOp3 for TrainBackward<'_> {
             );
             let d = TrainSolve::dims(xl, gl)?;
             let geo = me.op.geometry();
-            let (mut dx, dg) = backward(x, g, dy, d, &geo, me.want)?;
-            dx.extend_from_slice(&dg);
-            Ok(dx)
+            let (dx, dg) = backward(x, g, dy, d, &geo, me.want)?;
+            if !me.want.dx {
+                return Ok(T::to_cpu_storage_owned(dg));
+            }
+            if me.want.dg {
+                *me.other.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(T::to_cpu_storage_owned(dg));
+            }
+            Ok(T::to_cpu_storage_owned(dx))
         }
         // f32 at scale 1: the lane backward; else the plane backward (the lane backward's
         // reference). At scale 2 the plane backward is the faster (77 against 125 ms for the
@@ -410,14 +446,17 @@ impl CustomOp3 for TrainBackward<'_> {
         let (x, g, d) = ((xs, xl), (gs, gl), (ds, dl));
         let out = match xs {
             CpuStorage::F32(_) if self.op.scale > 1 => {
-                CpuStorage::F32(run(self, x, g, d, solve_grad::backward)?)
+                run::<f32>(self, x, g, d, &solve_grad::backward)?
             }
-            CpuStorage::F32(_) => CpuStorage::F32(run(self, x, g, d, |x, g, dy, d, geo, want| {
-                Ok(super::cpu::solve::backward::backward(
-                    x, g, dy, d, geo, want,
-                ))
-            })?),
-            CpuStorage::F64(_) => CpuStorage::F64(run(self, x, g, d, solve_grad::backward)?),
+            CpuStorage::F32(_) => {
+                let spectra = self.spectra.as_ref();
+                let lanes = |x: &[f32], g: &[f32], dy: &[f32], d, geo: &Geometry, want| {
+                    let b = super::cpu::solve::backward::backward;
+                    Ok(b(x, g, dy, d, geo, want, spectra))
+                };
+                run::<f32>(self, x, g, d, &lanes)?
+            }
+            CpuStorage::F64(_) => run::<f64>(self, x, g, d, &solve_grad::backward)?,
             _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
         };
         let count = match &out {

@@ -1,7 +1,10 @@
 //! Converse2D's transfer functions as candle ops of the kernel and `λ` tensors, so that
 //! autograd carries gradients to them: the reference solve takes these when the kernels or `λ`
 //! need gradients (a learned layer's `weight` and `bias`, Converse-USRNet's kernel embedding and
-//! `alpha`), and the filters built on the host ([`super::transfer`]) otherwise.
+//! `alpha`), and the filters built on the host ([`super::transfer`]) otherwise. The fused CPU
+//! training path takes [`planar_host`] instead: the same tensor built on the host, with its
+//! backward there too ([`super::transfer::vjp`], tested here against autograd through
+//! [`planar`]).
 //!
 //! The maths is the official eq. (6) on the `s`-fold grid `(hs, ws) = (s*hp, s*wp)`, in the
 //! closed form of [`super::transfer`]: `G = B + conj(FK) · tile((1 - mean(FK·B)) /
@@ -123,9 +126,10 @@ pub(crate) fn planar(
     h / (s * s) as f64
 }
 
-/// [`planar`] at scale `s > 1` with kernels and `λ` on the CPU, as one op: the values built
-/// on the host ([`super::transfer::planar`]) and the gradient to the kernels and `λ` computed
-/// there too ([`PlanarOp`]), in f64, rather than through the composed ops on the `s`-fold grid.
+/// [`planar`] with kernels and `λ` on the CPU, as one op: the values built on the host
+/// ([`super::transfer::planar`]) and the gradient to the kernels and `λ` computed there too
+/// ([`PlanarOp`], [`super::transfer::vjp`]), in f64, eight channels per vector, rather than
+/// through the composed ops (on the `s`-fold grid at `s > 1`).
 pub(crate) fn planar_host(
     k: &Tensor,
     lam: &Tensor,
@@ -181,28 +185,24 @@ impl candle_core::CustomOp2 for PlanarOp {
         dg: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (sets, c, kh, kw) = k.dims4()?;
-        let flat = |t: &Tensor| {
-            t.to_dtype(candle_core::DType::F64)?
-                .flatten_all()?
-                .to_vec1::<f64>()
+        let taps = super::transfer::Taps::new(k, lam)?;
+        let dg = dg.contiguous()?;
+        let (st, l) = dg.storage_and_layout();
+        let (candle_core::Storage::Cpu(st), Some((a, b))) = (&*st, l.contiguous_offsets()) else {
+            candle_core::bail!("converse2d-planar: the gradient is not on the CPU")
         };
-        let (kv, lv, dgv) = (flat(k)?, flat(lam)?, flat(dg)?);
-        let (hp, wp, s) = (self.hp, self.wp, self.s);
-        let block = s * s * 2 * hp * (wp / 2 + 1);
-        use rayon::prelude::*;
-        let per: Vec<(Vec<f64>, f64)> = (0..sets * c)
-            .into_par_iter()
-            .map(|i| {
-                let taps = &kv[i * kh * kw..][..kh * kw];
-                let dh = &dgv[i * block..][..block];
-                planar_vjp(taps, (kh, kw), lv[i % c], dh, (hp, wp), s)
-            })
-            .collect();
+        let per = match st {
+            candle_core::CpuStorage::F32(v) => self.vjp(&taps, &v[a..b])?,
+            candle_core::CpuStorage::F64(v) => self.vjp(&taps, &v[a..b])?,
+            _ => candle_core::bail!("converse2d-planar: f32 or f64 only"),
+        };
         let mut dk = Vec::with_capacity(sets * c * kh * kw);
         let mut dl = vec![0f64; c];
-        for (i, (d, l)) in per.into_iter().enumerate() {
+        for (first, (d, l)) in per {
             dk.extend(d);
-            dl[i % c] += l;
+            for (q, l) in l.into_iter().enumerate() {
+                dl[(first + q) % c] += l;
+            }
         }
         let to = |v: Vec<f64>, shape: &candle_core::Shape| {
             Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(k.dtype())
@@ -211,172 +211,53 @@ impl candle_core::CustomOp2 for PlanarOp {
     }
 }
 
-/// A complex number `(re, im)`.
-type C64 = (f64, f64);
+/// A group of channels' first filter, and the gradients to its taps and `λ`.
+type GroupGrads = (usize, (Vec<f64>, Vec<f64>));
 
-#[inline(always)]
-fn cmul(a: C64, b: C64) -> C64 {
-    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
-}
-
-#[inline(always)]
-fn conj(a: C64) -> C64 {
-    (a.0, -a.1)
-}
-
-/// The vector-Jacobian product of one channel's transfer functions at scale `s > 1` (the maths
-/// of [`planar`]): from `dh` `(s², 2, hp, wq)` to the taps `(kh, kw)` and `λ`.
-fn planar_vjp(
-    k: &[f64],
-    (kh, kw): (usize, usize),
-    lam: f64,
-    dh: &[f64],
-    (hp, wp): (usize, usize),
-    s: usize,
-) -> (Vec<f64>, f64) {
-    let (hs, ws, wq) = (s * hp, s * wp, wp / 2 + 1);
-    let (ch, cw) = ((kh / 2) as isize, (kw / 2) as isize);
-    let plane = hp * wq;
-    let e = |t: isize, n: usize, sign: f64| -> C64 {
-        let (c, si) = unit(t, n);
-        (c, sign * si)
-    };
-    // e^{2 pi i V (b - cw) / ws} for tap b (rows) and e^{-2 pi i U a / n} for phase a (rows).
-    let taps_w: Vec<C64> = (0..kw * ws)
-        .map(|i| e((i % ws) as isize * ((i / ws) as isize - cw), ws, 1.0))
-        .collect();
-    let phases = |n: usize| -> Vec<C64> {
-        (0..s * n)
-            .map(|i| e(((i / n) * (i % n)) as isize, n, -1.0))
-            .collect()
-    };
-    let (ea_t, eb_t) = (phases(hs), phases(ws));
-    // FK[U, V] = sum_ab k[a, b] e^{-2 pi i (U (a - ch) / hs + V (b - cw) / ws)}, by rows first.
-    let mut rows = vec![(0.0, 0.0); kh * ws];
-    for a in 0..kh {
-        for v in 0..ws {
-            let mut acc = (0.0, 0.0);
-            for b in 0..kw {
-                let w = conj(taps_w[b * ws + v]);
-                acc.0 += k[a * kw + b] * w.0;
-                acc.1 += k[a * kw + b] * w.1;
-            }
-            rows[a * ws + v] = acc;
+impl PlanarOp {
+    /// [`super::transfer::vjp`] of every group of channels, in parallel, from the gradient
+    /// `dg` `(sets, C, s², 2, hp, wq)`: per group, its first filter (`set * C + channel`), and
+    /// the gradients to its taps and `λ`.
+    fn vjp<T: candle_core::WithDType>(
+        &self,
+        taps: &super::transfer::Taps,
+        dg: &[T],
+    ) -> Result<Vec<GroupGrads>> {
+        use super::transfer::STEP;
+        use rayon::prelude::*;
+        let (hp, wp, s) = (self.hp, self.wp, self.s);
+        let (c, wq) = (taps.channels(), wp / 2 + 1);
+        let (plane, phases) = (hp * wq, s * s);
+        if dg.len() != taps.sets() * c * phases * 2 * plane {
+            candle_core::bail!("converse2d-planar: the gradient does not fit the filters")
         }
-    }
-    let mut fk = vec![(0.0, 0.0); hs * ws];
-    for u in 0..hs {
-        for a in 0..kh {
-            let w = e(u as isize * (a as isize - ch), hs, -1.0);
-            for v in 0..ws {
-                let p = cmul(w, rows[a * ws + v]);
-                fk[u * ws + v].0 += p.0;
-                fk[u * ws + v].1 += p.1;
-            }
-        }
-    }
-    // The box response B[U, V] = bh[U] bw[V], bh[U] = sum_{a < s} e^{-2 pi i U a / hs}.
-    let boxr = |n: usize| -> Vec<C64> {
-        (0..n)
-            .map(|u| {
-                (0..s).fold((0.0, 0.0), |acc, a| {
-                    let w = e((u * a) as isize, n, -1.0);
-                    (acc.0 + w.0, acc.1 + w.1)
-                })
+        // The planar values are H / s².
+        let norm = 1.0 / phases as f64;
+        let groups: Vec<(usize, usize)> = (0..taps.sets())
+            .flat_map(|set| (0..c).step_by(STEP).map(move |ch| (set, ch)))
+            .collect();
+        let isa = super::cpu::simd::Isa::current();
+        Ok(groups
+            .into_par_iter()
+            .map(|(set, first)| {
+                let chans: Vec<usize> = (first..c.min(first + STEP)).collect();
+                let fp = STEP;
+                let grad = |ph: usize, u: usize, re: &mut [f64], im: &mut [f64]| {
+                    re.fill(0.0);
+                    im.fill(0.0);
+                    for (q, &ch) in chans.iter().enumerate() {
+                        let at = ((set * c + ch) * phases + ph) * 2 * plane + u * wq;
+                        for v in 0..wq {
+                            re[v * fp + q] = dg[at + v].to_f64() * norm;
+                            im[v * fp + q] = dg[at + plane + v].to_f64() * norm;
+                        }
+                    }
+                };
+                let out = isa.run(|| super::transfer::vjp(taps, set, &chans, (hp, wp), s, grad));
+                (set * c + first, out)
             })
-            .collect()
-    };
-    let (bh, bw) = (boxr(hs), boxr(ws));
-    let ss = (s * s) as f64;
-    // M = mean(FK B), P = mean(|FK|²) + λ, Q = (1 - M) / P over the s x s blocks.
-    let (mut m, mut p) = (vec![(0.0, 0.0); hp * wp], vec![0.0; hp * wp]);
-    for uu in 0..hs {
-        for vv in 0..ws {
-            let (u, v) = (uu % hp, vv % wp);
-            let f = fk[uu * ws + vv];
-            let fb = cmul(f, cmul(bh[uu], bw[vv]));
-            m[u * wp + v].0 += fb.0 / ss;
-            m[u * wp + v].1 += fb.1 / ss;
-            p[u * wp + v] += (f.0 * f.0 + f.1 * f.1) / ss;
-        }
+            .collect())
     }
-    let p: Vec<f64> = p.iter().map(|x| x + lam).collect();
-    let q: Vec<C64> = m
-        .iter()
-        .zip(&p)
-        .map(|(m, p)| ((1.0 - m.0) / p, -m.1 / p))
-        .collect();
-    // dG[U, V] = (1/s²) sum_ab conj(E_a[U] E_b[V]) dH_ab[u, v] for v < wq, E_a[U] = e^{2 pi i U a / hs};
-    // then dQ = sum over the blocks of FK dG, and dFK = Q conj(dG).
-    let mut dq = vec![(0.0, 0.0); hp * wp];
-    let mut dfk = vec![(0.0, 0.0); hs * ws];
-    for uu in 0..hs {
-        for vv in 0..ws {
-            let (u, v) = (uu % hp, vv % wp);
-            if v >= wq {
-                continue;
-            }
-            let mut dgu = (0.0, 0.0);
-            for a in 0..s {
-                let ea = ea_t[a * hs + uu];
-                for b in 0..s {
-                    let eb = eb_t[b * ws + vv];
-                    let at = (a * s + b) * 2 * plane + u * wq + v;
-                    let t = cmul(cmul(ea, eb), (dh[at], dh[at + plane]));
-                    dgu.0 += t.0 / ss;
-                    dgu.1 += t.1 / ss;
-                }
-            }
-            let t = cmul(fk[uu * ws + vv], dgu);
-            dq[u * wp + v].0 += t.0;
-            dq[u * wp + v].1 += t.1;
-            dfk[uu * ws + vv] = cmul(q[u * wp + v], conj(dgu));
-        }
-    }
-    // dM = -dQ / P, dP = -Re(conj(dQ) Q) / P, dλ = sum dP; into dFK through M and P.
-    let mut dlam = 0.0;
-    let dmp: Vec<(C64, f64)> = (0..hp * wp)
-        .map(|i| {
-            let dm = (-dq[i].0 / p[i], -dq[i].1 / p[i]);
-            let dp = -(dq[i].0 * q[i].0 + dq[i].1 * q[i].1) / p[i];
-            dlam += dp;
-            (dm, dp)
-        })
-        .collect();
-    for uu in 0..hs {
-        for vv in 0..ws {
-            let (dm, dp) = dmp[(uu % hp) * wp + vv % wp];
-            let b = conj(cmul(bh[uu], bw[vv]));
-            let t = cmul(b, dm);
-            let f = fk[uu * ws + vv];
-            let d = &mut dfk[uu * ws + vv];
-            d.0 += (t.0 + 2.0 * f.0 * dp) / ss;
-            d.1 += (t.1 + 2.0 * f.1 * dp) / ss;
-        }
-    }
-    // dk[a, b] = Re sum_{U, V} dFK[U, V] e^{2 pi i (U (a - ch) / hs + V (b - cw) / ws)}.
-    let mut r = vec![(0.0, 0.0); hs * kw];
-    for uu in 0..hs {
-        for b in 0..kw {
-            let mut acc = (0.0, 0.0);
-            for vv in 0..ws {
-                let t = cmul(dfk[uu * ws + vv], taps_w[b * ws + vv]);
-                acc.0 += t.0;
-                acc.1 += t.1;
-            }
-            r[uu * kw + b] = acc;
-        }
-    }
-    let mut dk = vec![0.0; kh * kw];
-    for a in 0..kh {
-        for uu in 0..hs {
-            let w = e(uu as isize * (a as isize - ch), hs, 1.0);
-            for b in 0..kw {
-                dk[a * kw + b] += cmul(r[uu * kw + b], w).0;
-            }
-        }
-    }
-    (dk, dlam)
 }
 
 #[cfg(test)]
@@ -549,17 +430,20 @@ mod tests {
         }
     }
 
-    /// The host backward of the scaled transfer functions equals autograd through [`planar`].
+    /// The host backward of the transfer functions ([`super::super::transfer::vjp`]) equals
+    /// autograd through [`planar`], at scales 1 to 4, odd and even kernels and grids, one
+    /// kernel set or two, one group of channels (partial) or two.
     #[test]
     fn planar_host_gradients_equal_autograd() {
         let dev = Device::Cpu;
-        for (s, ks, (hp, wp), sets) in [
-            (2, 3, (5, 6), 1),
-            (2, 4, (6, 7), 2),
-            (3, 2, (4, 5), 1),
-            (4, 5, (5, 4), 2),
+        for (s, ks, (hp, wp), sets, c) in [
+            (1, 3, (7, 8), 1, 3),
+            (1, 4, (6, 9), 2, 11),
+            (2, 3, (5, 6), 1, 3),
+            (2, 4, (6, 7), 2, 11),
+            (3, 2, (4, 5), 1, 3),
+            (4, 5, (5, 4), 2, 3),
         ] {
-            let c = 3;
             let k = Tensor::rand(-0.5f64, 1.0, (sets, c, ks, ks), &dev).unwrap();
             let lam = Tensor::rand(1e-3f64, 0.5, (1, c, 1, 1), &dev).unwrap();
             let wq = wp / 2 + 1;
@@ -579,7 +463,7 @@ mod tests {
                 let m = values(b).iter().fold(1f64, |m, v| m.max(v.abs()));
                 assert!(
                     max_diff(a, b) < 1e-11 * m,
-                    "s={s} k={ks}: {}",
+                    "s={s} k={ks} c={c}: {}",
                     max_diff(a, b)
                 );
             }

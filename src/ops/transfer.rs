@@ -110,7 +110,7 @@ fn row_sums(k: &[f64], (kh, kw): (usize, usize), factors: &[(f64, f64)]) -> (Vec
 }
 
 /// Filters a [`Columns`] works on at a time (one f64 vector of AVX-512).
-const STEP: usize = 8;
+pub(crate) const STEP: usize = 8;
 
 /// `G` at scale 1 for a set of filters, one frequency column `v` at a time (every row `u`),
 /// from the separable DFT of their taps.
@@ -391,14 +391,21 @@ struct TapSum {
     sign: f64,
     /// `(ea, re, im)`, each `(wq, fp)`.
     rows: Vec<(isize, Vec<f64>, Vec<f64>)>,
+    /// Per member: the kernel tap it reads, its position `(ea, eb)`, and the factor of the
+    /// tap's weight in it.
+    members: Vec<Member>,
 }
 
+/// A tap in a [`TapSum`]: `(tap index, ea, eb, factor)`.
+type Member = (usize, isize, isize, f64);
+
 impl TapSum {
-    /// `taps`: `(ea, eb, weights)`, a weight per filter (`fp` of them).
-    fn new(taps: &[(isize, isize, Vec<f64>)], sign: f64, tw: &mut Twiddles, fp: usize) -> Self {
+    /// `taps`: the members, and their weights per filter (`fp` of them: the tap's times the
+    /// factor).
+    fn new(taps: &[(Member, Vec<f64>)], sign: f64, tw: &mut Twiddles, fp: usize) -> Self {
         let wq = tw.len;
         let mut rows: Vec<(isize, Vec<f64>, Vec<f64>)> = vec![];
-        for (ea, eb, w) in taps {
+        for ((_, ea, eb, _), w) in taps {
             let at = match rows.iter().position(|r| r.0 == *ea) {
                 Some(i) => i,
                 None => {
@@ -415,7 +422,57 @@ impl TapSum {
                 }
             }
         }
-        Self { sign, rows }
+        let members = taps.iter().map(|(m, _)| *m).collect();
+        Self {
+            sign,
+            rows,
+            members,
+        }
+    }
+
+    /// The adjoint of [`Self::row`] for row `u`, given the gradient `g` `(re, im)` of that
+    /// row: adds `conj(g(v)) e^{sign 2 pi i u ea / hh}` to `acc`, one `(re, im)` `(wq, fp)`
+    /// per entry of `rows`.
+    fn adjoint_row(
+        &self,
+        u: usize,
+        th: &mut Twiddles,
+        g: (&[f64], &[f64]),
+        acc: &mut [(Vec<f64>, Vec<f64>)],
+    ) {
+        for ((ea, _, _), (ar, ai)) in self.rows.iter().zip(acc.iter_mut()) {
+            let (c, s) = th.get(*ea)[u];
+            add_conj_scaled(ar, ai, (c, self.sign * s), g);
+        }
+    }
+
+    /// The taps' gradients from the accumulated adjoint rows `acc` ([`Self::adjoint_row`]
+    /// over every row): adds `factor · Re sum_v acc_ea(v) e^{sign 2 pi i v eb / ww}` to
+    /// `dw[tap]` (`fp` filters each).
+    fn adjoint_taps(&self, acc: &[(Vec<f64>, Vec<f64>)], tw: &mut Twiddles, dw: &mut [f64]) {
+        let fp = acc.first().map_or(0, |a| a.0.len() / tw.len.max(1));
+        for &(tap, ea, eb, factor) in &self.members {
+            let Some(at) = self.rows.iter().position(|r| r.0 == ea) else {
+                continue;
+            };
+            let (ar, ai) = &acc[at];
+            let out = &mut dw[tap * fp..][..fp];
+            for (v, &(c, s)) in tw.get(eb).iter().enumerate() {
+                let (c, s) = (factor * c, factor * self.sign * s);
+                let (ar, ai) = (&ar[v * fp..][..fp], &ai[v * fp..][..fp]);
+                for ((o, r), i) in out.iter_mut().zip(ar).zip(ai) {
+                    *o += r * c - i * s;
+                }
+            }
+        }
+    }
+
+    /// Zeroed accumulators for [`Self::adjoint_row`].
+    fn adjoint_acc(&self, len: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
+        self.rows
+            .iter()
+            .map(|_| (vec![0.0; len], vec![0.0; len]))
+            .collect()
     }
 
     /// Frequency row `u` into `(re, im)`.
@@ -436,6 +493,28 @@ simd_fn! {
         for (((or, oi), r), i) in re.iter_mut().zip(im.iter_mut()).zip(rr).zip(ri) {
             *or += r * c - i * s;
             *oi += r * s + i * c;
+        }
+    }
+}
+
+simd_fn! {
+    /// `out += conj(g) (c + i s)`.
+    fn add_conj_scaled(_s, re: &mut [f64], im: &mut [f64], cs: (f64, f64), g: (&[f64], &[f64])) {
+        let ((c, s), (gr, gi)) = (cs, g);
+        for (((or, oi), r), i) in re.iter_mut().zip(im.iter_mut()).zip(gr).zip(gi) {
+            *or += r * c + i * s;
+            *oi += r * s - i * c;
+        }
+    }
+}
+
+simd_fn! {
+    /// `out += a conj(b)`.
+    fn add_conj_product(_s, out: (&mut [f64], &mut [f64]), a: (&[f64], &[f64]), b: (&[f64], &[f64])) {
+        let ((or, oi), (ar, ai), (br, bi)) = (out, a, b);
+        for i in 0..or.len() {
+            or[i] += ar[i] * br[i] + ai[i] * bi[i];
+            oi[i] += ai[i] * br[i] - ar[i] * bi[i];
         }
     }
 }
@@ -489,75 +568,216 @@ pub(crate) fn build_scaled(
     s: usize,
     mut emit: impl FnMut(usize, usize, &[f64]),
 ) {
-    let (kh, kw) = (taps.kh, taps.kw);
-    let (hs, ws, wq) = (s * hp, s * wp, wp / 2 + 1);
-    let fp = chans.len().div_ceil(STEP) * STEP;
-    let (si, s2) = (s as isize, (s * s) as f64);
-    let lam: Vec<f64> = (0..wq * fp)
-        .map(|e| chans.get(e % fp).map_or(1.0, |&c| taps.lam[c]))
-        .collect();
-    // Each tap's offsets and its weight in every filter.
-    let taps: Vec<(isize, isize, Vec<f64>)> = (0..kh * kw)
-        .map(|i| {
-            let da = (i / kw) as isize - (kh / 2) as isize;
-            let db = (i % kw) as isize - (kw / 2) as isize;
-            let w = (0..fp)
-                .map(|f| {
-                    chans
-                        .get(f)
-                        .map_or(0.0, |&c| taps.k[(set * taps.channels + c) * kh * kw + i])
-                })
-                .collect();
-            (da, db, w)
-        })
-        .collect();
-    let (mut th, mut tw) = (Twiddles::new(hs, hp), Twiddles::new(ws, wq));
-    let up = |d: isize| d + (-d).rem_euclid(si);
-    let moved: Vec<_> = taps
-        .iter()
-        .map(|(a, b, w)| (up(*a), up(*b), w.clone()))
-        .collect();
-    let m = TapSum::new(&moved, -1.0, &mut tw, fp);
-    let (mut classes, mut phases) = (vec![], vec![]);
-    for ra in 0..si {
-        for rb in 0..si {
-            let class: Vec<_> = taps
-                .iter()
-                .filter(|(a, b, _)| a.rem_euclid(si) == ra && b.rem_euclid(si) == rb)
-                .cloned()
-                .collect();
-            classes.push(TapSum::new(&class, -1.0, &mut tw, fp));
-            // Phase (ra, rb).
-            let phase: Vec<_> = taps
-                .iter()
-                .filter(|(da, db, _)| {
-                    (da + ra).rem_euclid(si) == 0 && (db + rb).rem_euclid(si) == 0
-                })
-                .map(|(da, db, w)| (da + ra, db + rb, w.iter().map(|w| s2 * w).collect()))
-                .collect();
-            phases.push(TapSum::new(&phase, 1.0, &mut tw, fp));
-        }
-    }
-    let n = wq * fp;
+    let wq = wp / 2 + 1;
+    let s2 = (s * s) as f64;
+    let (sums, mut th) = Scaled::new(taps, set, chans, (hp, wp), s);
+    let n = wq * sums.fp;
     let (mut mr, mut mi, mut p) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     let (mut cr, mut ci) = (vec![0.0; n], vec![0.0; n]);
-    let mut f = vec![0.0; phases.len() * 2 * n];
+    let mut f = vec![0.0; sums.phases.len() * 2 * n];
     for u in 0..hp {
-        m.row(u, &mut th, (&mut mr, &mut mi));
+        sums.m.row(u, &mut th, (&mut mr, &mut mi));
         p.fill(0.0);
-        for class in &classes {
+        for class in &sums.classes {
             class.row(u, &mut th, (&mut cr, &mut ci));
             add_norm(&mut p, &cr, &ci);
         }
-        for (phase, fab) in phases.iter().zip(f.chunks_exact_mut(2 * n)) {
+        for (phase, fab) in sums.phases.iter().zip(f.chunks_exact_mut(2 * n)) {
             let (fr, fi) = fab.split_at_mut(n);
             phase.row(u, &mut th, (fr, fi));
         }
-        scaled_row((&mut mr, &mut mi), &p, &lam, s2, &mut f);
+        scaled_row((&mut mr, &mut mi), &p, &sums.lam, s2, &mut f);
         for (phase, fab) in f.chunks_exact(2 * n).enumerate() {
             emit(phase, u, fab);
         }
     }
+}
+
+/// The tap sums of [`build_scaled`] for the channels `chans` of kernel set `set`: `M`, the
+/// classes (`P` sums their norms) and the phases' `F`, with `λ` per filter and the column
+/// twiddles.
+struct Scaled {
+    m: TapSum,
+    classes: Vec<TapSum>,
+    phases: Vec<TapSum>,
+    /// `λ` per `(v, filter)`, `(wq, fp)` (padding filters: 1).
+    lam: Vec<f64>,
+    /// The column twiddles `(ws, wq)`.
+    tw: Twiddles,
+    fp: usize,
+}
+
+impl Scaled {
+    /// The sums, and the row twiddles `(hs, hp)` they are read with.
+    fn new(
+        taps: &Taps,
+        set: usize,
+        chans: &[usize],
+        (hp, wp): (usize, usize),
+        s: usize,
+    ) -> (Self, Twiddles) {
+        let (kh, kw) = (taps.kh, taps.kw);
+        let (hs, ws, wq) = (s * hp, s * wp, wp / 2 + 1);
+        let fp = chans.len().div_ceil(STEP) * STEP;
+        let (si, s2) = (s as isize, (s * s) as f64);
+        let lam: Vec<f64> = (0..wq * fp)
+            .map(|e| chans.get(e % fp).map_or(1.0, |&c| taps.lam[c]))
+            .collect();
+        // Each tap's offsets and its weight in every filter.
+        let weights: Vec<(usize, isize, isize, Vec<f64>)> = (0..kh * kw)
+            .map(|i| {
+                let da = (i / kw) as isize - (kh / 2) as isize;
+                let db = (i % kw) as isize - (kw / 2) as isize;
+                let w = (0..fp)
+                    .map(|f| {
+                        chans
+                            .get(f)
+                            .map_or(0.0, |&c| taps.k[(set * taps.channels + c) * kh * kw + i])
+                    })
+                    .collect();
+                (i, da, db, w)
+            })
+            .collect();
+        let (th, mut tw) = (Twiddles::new(hs, hp), Twiddles::new(ws, wq));
+        let up = |d: isize| d + (-d).rem_euclid(si);
+        let moved: Vec<_> = weights
+            .iter()
+            .map(|(i, a, b, w)| ((*i, up(*a), up(*b), 1.0), w.clone()))
+            .collect();
+        let m = TapSum::new(&moved, -1.0, &mut tw, fp);
+        let (mut classes, mut phases) = (vec![], vec![]);
+        for ra in 0..si {
+            for rb in 0..si {
+                let class: Vec<_> = weights
+                    .iter()
+                    .filter(|(_, a, b, _)| a.rem_euclid(si) == ra && b.rem_euclid(si) == rb)
+                    .map(|(i, a, b, w)| ((*i, *a, *b, 1.0), w.clone()))
+                    .collect();
+                classes.push(TapSum::new(&class, -1.0, &mut tw, fp));
+                // Phase (ra, rb).
+                let phase: Vec<_> = weights
+                    .iter()
+                    .filter(|(_, da, db, _)| {
+                        (da + ra).rem_euclid(si) == 0 && (db + rb).rem_euclid(si) == 0
+                    })
+                    .map(|(i, da, db, w)| {
+                        let w = w.iter().map(|w| s2 * w).collect();
+                        ((*i, da + ra, db + rb, s2), w)
+                    })
+                    .collect();
+                phases.push(TapSum::new(&phase, 1.0, &mut tw, fp));
+            }
+        }
+        let sums = Self {
+            m,
+            classes,
+            phases,
+            lam,
+            tw,
+            fp,
+        };
+        (sums, th)
+    }
+}
+
+/// The vector-Jacobian product of the transfer functions [`build`] makes for the channels
+/// `chans` of kernel set `set` (at every scale, in the form of [`build_scaled`]:
+/// `H_ab = s² + F_ab Q`, `Q = (1 - M) / (P + λ)`): `grad(phase, u, re, im)` fills the gradient
+/// of row `u` of phase `phase`'s `H` (`(wq, fp)` each, the filters innermost, padding filters
+/// zero). Returns the gradients to the taps `(chans, kh * kw)` and to `λ` `(chans)`.
+///
+/// Per frequency, with `h` the gradient of `H`: `F_ab` gets `h_ab conj(Q)`, `Q` gets
+/// `q = sum_ab h_ab conj(F_ab)`, so `M` gets `-q / (P + λ)` and `P + λ` gets
+/// `d = -Re(q conj(Q)) / (P + λ)` (`λ`'s gradient sums it), and each class `C_r` gets
+/// `2 d C_r`. The tap sums then carry these to the taps ([`TapSum::adjoint_row`],
+/// [`TapSum::adjoint_taps`]).
+pub(crate) fn vjp(
+    taps: &Taps,
+    set: usize,
+    chans: &[usize],
+    (hp, wp): (usize, usize),
+    s: usize,
+    mut grad: impl FnMut(usize, usize, &mut [f64], &mut [f64]),
+) -> (Vec<f64>, Vec<f64>) {
+    let wq = wp / 2 + 1;
+    let (mut sums, mut th) = Scaled::new(taps, set, chans, (hp, wp), s);
+    let fp = sums.fp;
+    let n = wq * fp;
+    let row = || (vec![0.0; n], vec![0.0; n]);
+    let nph = sums.phases.len();
+    // Forward rows: M, the classes, the phases' F; the gradient rows of H.
+    let (mut m, mut p) = (row(), vec![0.0; n]);
+    let mut cls: Vec<_> = sums.classes.iter().map(|_| row()).collect();
+    let mut f: Vec<_> = (0..nph).map(|_| row()).collect();
+    let mut h: Vec<_> = (0..nph).map(|_| row()).collect();
+    // Gradient rows of M, the classes and the F, and the adjoint accumulators of each sum.
+    let (mut gm, mut gc, mut gf) = (row(), row(), row());
+    let mut acc_m = sums.m.adjoint_acc(n);
+    let mut acc_c: Vec<_> = sums.classes.iter().map(|t| t.adjoint_acc(n)).collect();
+    let mut acc_f: Vec<_> = sums.phases.iter().map(|t| t.adjoint_acc(n)).collect();
+    let mut dlam = vec![0.0; fp];
+    for u in 0..hp {
+        sums.m.row(u, &mut th, (&mut m.0, &mut m.1));
+        p.fill(0.0);
+        for (class, c) in sums.classes.iter().zip(cls.iter_mut()) {
+            class.row(u, &mut th, (&mut c.0, &mut c.1));
+            add_norm(&mut p, &c.0, &c.1);
+        }
+        for (ph, (phase, fab)) in sums.phases.iter().zip(f.iter_mut()).enumerate() {
+            phase.row(u, &mut th, (&mut fab.0, &mut fab.1));
+            let hab = &mut h[ph];
+            grad(ph, u, &mut hab.0, &mut hab.1);
+        }
+        // q (into gm), then d per entry (into p), then M's gradient (into gm).
+        gm.0.fill(0.0);
+        gm.1.fill(0.0);
+        for (fab, hab) in f.iter().zip(&h) {
+            add_conj_product((&mut gm.0, &mut gm.1), (&hab.0, &hab.1), (&fab.0, &fab.1));
+        }
+        for e in 0..n {
+            let inv = 1.0 / (p[e] + sums.lam[e]);
+            let (qr, qi) = ((1.0 - m.0[e]) * inv, -m.1[e] * inv);
+            let (gr, gi) = (gm.0[e], gm.1[e]);
+            let d = -(gr * qr + gi * qi) * inv;
+            dlam[e % fp] += d;
+            p[e] = d;
+            (gm.0[e], gm.1[e]) = (-gr * inv, -gi * inv);
+            // Q itself, for the phases' gradient.
+            (m.0[e], m.1[e]) = (qr, qi);
+        }
+        sums.m.adjoint_row(u, &mut th, (&gm.0, &gm.1), &mut acc_m);
+        for ((class, c), acc) in sums.classes.iter().zip(&cls).zip(acc_c.iter_mut()) {
+            let ((gr, gi), (cr, ci)) = ((&mut gc.0, &mut gc.1), (&c.0, &c.1));
+            for ((((gr, gi), p), cr), ci) in
+                gr.iter_mut().zip(gi.iter_mut()).zip(&p).zip(cr).zip(ci)
+            {
+                (*gr, *gi) = (2.0 * p * cr, 2.0 * p * ci);
+            }
+            class.adjoint_row(u, &mut th, (&gc.0, &gc.1), acc);
+        }
+        for ((phase, hab), acc) in sums.phases.iter().zip(&h).zip(acc_f.iter_mut()) {
+            gf.0.fill(0.0);
+            gf.1.fill(0.0);
+            add_conj_product((&mut gf.0, &mut gf.1), (&hab.0, &hab.1), (&m.0, &m.1));
+            phase.adjoint_row(u, &mut th, (&gf.0, &gf.1), acc);
+        }
+    }
+    let (kk, count) = (taps.kh * taps.kw, chans.len());
+    let mut dw = vec![0.0; kk * fp];
+    let tw = &mut sums.tw;
+    sums.m.adjoint_taps(&acc_m, tw, &mut dw);
+    for (class, acc) in sums.classes.iter().zip(&acc_c) {
+        class.adjoint_taps(acc, tw, &mut dw);
+    }
+    for (phase, acc) in sums.phases.iter().zip(&acc_f) {
+        phase.adjoint_taps(acc, tw, &mut dw);
+    }
+    // (taps, fp) to (chans, taps).
+    let dk = (0..count * kk)
+        .map(|i| dw[(i % kk) * fp + i / kk])
+        .collect();
+    dlam.truncate(count);
+    (dk, dlam)
 }
 
 /// The transfer functions of every filter of `taps` as a planar tensor
@@ -571,32 +791,107 @@ pub(crate) fn planar(
     dtype: DType,
     dev: &candle_core::Device,
 ) -> Result<Tensor> {
-    use rayon::prelude::*;
     taps.check_fits((hp, wp), s)?;
     let wq = wp / 2 + 1;
     let plane = hp * wq;
     let (c, phases) = (taps.channels, s * s);
-    let norm = 1.0 / phases as f64;
-    let mut data = vec![0.0f64; taps.sets * c * phases * 2 * plane];
-    let isa = super::cpu::simd::Isa::current();
-    data.par_chunks_mut(phases * 2 * plane)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let (set, ch) = (i / c, i % c);
-            isa.run(|| {
-                build(taps, set, ch..ch + 1, (hp, wp), s, |phase, u, re, im| {
-                    let at = phase * 2 * plane + u * wq;
-                    for (d, v) in dst[at..][..wq].iter_mut().zip(re) {
-                        *d = v * norm;
-                    }
-                    for (d, v) in dst[at + plane..][..wq].iter_mut().zip(im) {
-                        *d = v * norm;
-                    }
-                })
-            });
-        });
+    let len = taps.sets * c * phases * 2 * plane;
     let shape = (taps.sets, c, phases, 2, hp, wq);
-    Tensor::from_vec(data, shape, &candle_core::Device::Cpu)?
-        .to_dtype(dtype)?
-        .to_device(dev)
+    let cpu = &candle_core::Device::Cpu;
+    // f32 is written directly (rounded as a conversion of the f64 values would be).
+    let t = match dtype {
+        DType::F32 => Tensor::from_vec(planar_values::<f32>(taps, (hp, wp), s, len), shape, cpu)?,
+        _ => Tensor::from_vec(planar_values::<f64>(taps, (hp, wp), s, len), shape, cpu)?
+            .to_dtype(dtype)?,
+    };
+    t.to_device(dev)
+}
+
+/// The values of [`planar`], `len` of them, in `T`.
+fn planar_values<T: candle_core::WithDType>(
+    taps: &Taps,
+    (hp, wp): (usize, usize),
+    s: usize,
+    len: usize,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let (wq, c, phases) = (wp / 2 + 1, taps.channels, s * s);
+    let plane = hp * wq;
+    let norm = 1.0 / phases as f64;
+    let mut data = vec![T::zero(); len];
+    let isa = super::cpu::simd::Isa::current();
+    // [`STEP`] channels of a set at a time, one per lane of the builder's vectors.
+    let groups = c.div_ceil(STEP);
+    let mut chunks: Vec<(usize, usize, &mut [T])> = Vec::with_capacity(taps.sets * groups);
+    for (set, set_data) in data.chunks_mut(c * phases * 2 * plane).enumerate() {
+        for (grp, dst) in set_data.chunks_mut(STEP * phases * 2 * plane).enumerate() {
+            chunks.push((set, grp * STEP, dst));
+        }
+    }
+    chunks.into_par_iter().for_each(|(set, first, dst)| {
+        let count = dst.len() / (phases * 2 * plane);
+        isa.run(|| {
+            build(
+                taps,
+                set,
+                first..first + count,
+                (hp, wp),
+                s,
+                |phase, u, re, im| {
+                    for q in 0..count {
+                        let at = (q * phases + phase) * 2 * plane + u * wq;
+                        for (v, d) in dst[at..][..wq].iter_mut().enumerate() {
+                            *d = T::from_f64(re[v * count + q] * norm);
+                        }
+                        for (v, d) in dst[at + plane..][..wq].iter_mut().enumerate() {
+                            *d = T::from_f64(im[v * count + q] * norm);
+                        }
+                    }
+                },
+            )
+        });
+    });
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// [`planar`] builds [`STEP`] channels per call; each channel's values are bit for bit those
+    /// of building that channel alone, at scales 1 to 3, with a partial group and two kernel
+    /// sets, and in f32 those values rounded.
+    #[test]
+    fn planar_equals_building_each_channel_alone() {
+        let dev = Device::Cpu;
+        for s in 1..=3 {
+            let (sets, c, k, (hp, wp)) = (2, 11, 3, (9, 10));
+            let kernel = Tensor::rand(-0.5f64, 1.0, (sets, c, k, k), &dev).unwrap();
+            let lam = Tensor::rand(1e-3f64, 0.5, (1, c, 1, 1), &dev).unwrap();
+            let taps = Taps::new(&kernel, &lam).unwrap();
+            let got = planar(&taps, (hp, wp), s, DType::F64, &dev).unwrap();
+            let got: Vec<f64> = got.flatten_all().unwrap().to_vec1().unwrap();
+            // f32, written directly, is the f64 values rounded.
+            let got32 = planar(&taps, (hp, wp), s, DType::F32, &dev).unwrap();
+            let got32: Vec<f32> = got32.flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in got32.iter().zip(&got) {
+                assert_eq!(a.to_bits(), (*b as f32).to_bits());
+            }
+            let (wq, phases) = (wp / 2 + 1, s * s);
+            let plane = hp * wq;
+            let norm = 1.0 / phases as f64;
+            for set in 0..sets {
+                for ch in 0..c {
+                    build(&taps, set, ch..ch + 1, (hp, wp), s, |phase, u, re, im| {
+                        let at = ((set * c + ch) * phases + phase) * 2 * plane + u * wq;
+                        for v in 0..wq {
+                            assert_eq!(got[at + v].to_bits(), (re[v] * norm).to_bits());
+                            assert_eq!(got[at + plane + v].to_bits(), (im[v] * norm).to_bits());
+                        }
+                    });
+                }
+            }
+        }
+    }
 }

@@ -20,7 +20,7 @@
 //! | [`kernel`] | the transforms, the filter step and the crop of one group |
 //! | [`filters`] | a group's transfer functions in the lane layout |
 //! | [`pool`] | the process's pool of grid-sized buffers |
-//! | [`backward`] | the solve's backward on lanes (f32), for training |
+//! | [`backward`] | the solve of a training step on lanes (f32): the backward, and at scale 1 a forward that keeps its input's spectrum |
 
 pub(crate) mod backward;
 mod filters;

@@ -39,7 +39,10 @@ impl Pool {
     }
 
     /// Drops the buffers an op taking buffers of `sizes` (vectors; 0 for none) would not use,
-    /// those [`take`](Self::take) would not give for any of them.
+    /// those [`take`](Self::take) would not give for any of them, and hands the memory back to
+    /// the system, unless the process keeps its freed blocks
+    /// ([`crate::alloc::keep_freed_blocks`]: a training loop, whose steps take the same
+    /// buffers over and over).
     pub(crate) fn fit(&self, sizes: &[usize]) {
         let fits = |b: &Vec<V>| {
             let c = b.capacity();
@@ -50,7 +53,7 @@ impl Pool {
         let mut bufs = lock(&self.0);
         let before = bufs.len();
         bufs.retain(fits);
-        if bufs.len() < before {
+        if bufs.len() < before && !crate::alloc::keeps_freed_blocks() {
             drop(bufs);
             release_freed_memory();
         }
