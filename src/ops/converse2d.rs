@@ -130,9 +130,8 @@ fn solve_with(
         if Backend::trains_fused(x) {
             // The host builds `g` and its backward (vectorised over channels), not the
             // composed ops (elementwise, and on the s-fold grid at s > 1).
-            let g = super::grad::planar_host(kernel, lam, (hp, wp), scale)?;
-            // The kernels as they are now (an optimiser updates them in place).
-            let taps = Taps::new(kernel, lam)?;
+            // `taps`: the kernels as they are now (an optimiser updates them in place).
+            let (g, taps) = super::grad::planar_host(kernel, lam, (hp, wp), scale)?;
             return solve_trainable(x, &g, taps, scale, padding, mode);
         }
         let g = super::grad::planar(kernel, lam, (hp, wp), scale)?;

@@ -16,7 +16,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use super::transfer::unit;
+use super::transfer::{unit, Taps};
 
 /// `(cos, sin)` tables `(n_out, k)` of `2 pi t (a - k/2) / n` for `t < n_out`, tap `a < k`.
 fn tap_tables(n: usize, n_out: usize, k: usize, like: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -129,22 +129,31 @@ pub(crate) fn planar(
 /// [`planar`] with kernels and `λ` on the CPU, as one op: the values built on the host
 /// ([`super::transfer::planar`]) and the gradient to the kernels and `λ` computed there too
 /// ([`PlanarOp`], [`super::transfer::vjp`]), in f64, eight channels per vector, rather than
-/// through the composed ops (on the `s`-fold grid at `s > 1`).
+/// through the composed ops (on the `s`-fold grid at `s > 1`). Returns the tensor and the taps
+/// it was made from (the kernels and `λ` as they are now), which its backward reads too.
 pub(crate) fn planar_host(
     k: &Tensor,
     lam: &Tensor,
     (hp, wp): (usize, usize),
     s: usize,
-) -> Result<Tensor> {
-    let taps = super::transfer::Taps::new(k, lam)?;
+) -> Result<(Tensor, Taps)> {
+    let taps = Taps::new(k, lam)?;
     let g = super::transfer::planar(&taps, (hp, wp), s, k.dtype(), k.device())?;
-    k.contiguous()?
-        .apply_op2(&lam.contiguous()?, PlanarOp { g, hp, wp, s })
+    let op = PlanarOp {
+        g,
+        taps: taps.clone(),
+        hp,
+        wp,
+        s,
+    };
+    Ok((k.contiguous()?.apply_op2(&lam.contiguous()?, op)?, taps))
 }
 
-/// The transfer functions `g` of [`planar_host`], and their backward.
+/// The transfer functions `g` of [`planar_host`], the taps they were made from, and their
+/// backward.
 struct PlanarOp {
     g: Tensor,
+    taps: Taps,
     hp: usize,
     wp: usize,
     s: usize,
@@ -185,15 +194,15 @@ impl candle_core::CustomOp2 for PlanarOp {
         dg: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (sets, c, kh, kw) = k.dims4()?;
-        let taps = super::transfer::Taps::new(k, lam)?;
+        let taps = &self.taps;
         let dg = dg.contiguous()?;
         let (st, l) = dg.storage_and_layout();
         let (candle_core::Storage::Cpu(st), Some((a, b))) = (&*st, l.contiguous_offsets()) else {
             candle_core::bail!("converse2d-planar: the gradient is not on the CPU")
         };
         let per = match st {
-            candle_core::CpuStorage::F32(v) => self.vjp(&taps, &v[a..b])?,
-            candle_core::CpuStorage::F64(v) => self.vjp(&taps, &v[a..b])?,
+            candle_core::CpuStorage::F32(v) => self.vjp(taps, &v[a..b])?,
+            candle_core::CpuStorage::F64(v) => self.vjp(taps, &v[a..b])?,
             _ => candle_core::bail!("converse2d-planar: f32 or f64 only"),
         };
         let mut dk = Vec::with_capacity(sets * c * kh * kw);
@@ -218,11 +227,7 @@ impl PlanarOp {
     /// [`super::transfer::vjp`] of every group of channels, in parallel, from the gradient
     /// `dg` `(sets, C, s², 2, hp, wq)`: per group, its first filter (`set * C + channel`), and
     /// the gradients to its taps and `λ`.
-    fn vjp<T: candle_core::WithDType>(
-        &self,
-        taps: &super::transfer::Taps,
-        dg: &[T],
-    ) -> Result<Vec<GroupGrads>> {
+    fn vjp<T: candle_core::WithDType>(&self, taps: &Taps, dg: &[T]) -> Result<Vec<GroupGrads>> {
         use super::transfer::STEP;
         use rayon::prelude::*;
         let (hp, wp, s) = (self.hp, self.wp, self.s);
@@ -458,7 +463,7 @@ mod tests {
                 [gr.get(&kv).unwrap().clone(), gr.get(&lv).unwrap().clone()]
             };
             let want = grads(&|k, l| planar(k, l, (hp, wp), s).unwrap());
-            let got = grads(&|k, l| planar_host(k, l, (hp, wp), s).unwrap());
+            let got = grads(&|k, l| planar_host(k, l, (hp, wp), s).unwrap().0);
             for (a, b) in got.iter().zip(&want) {
                 let m = values(b).iter().fold(1f64, |m, v| m.max(v.abs()));
                 assert!(

@@ -28,7 +28,7 @@ use crate::ops::profile::{self, OpKind};
 struct Job<'a> {
     /// Input planes `(count, h, w)`.
     x: &'a [f32],
-    /// Output-gradient planes `(count, s*h, s*w)` (empty in the forward).
+    /// Output-gradient planes `(count, s*h, s*w)` (none in the forward: empty).
     dy: &'a [f32],
     /// The group's transfer functions, one slice `(s², 2, hp, wq)` per channel.
     g: Vec<&'a [f32]>,
@@ -36,10 +36,11 @@ struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    /// Job `j`: group `j % groups` of image `j / groups`, over `x`, `g` and `dy` (or none).
+    /// Job `j`: group `j % groups` of image `j / groups`, over `x`, `g` and `dy` (none in the
+    /// forward).
     fn new(
         j: usize,
-        (x, g, dy): (&'a [f32], &'a [f32], &'a [f32]),
+        (x, g, dy): (&'a [f32], &'a [f32], Option<&'a [f32]>),
         d: Dims,
         geo: &Geometry,
     ) -> Self {
@@ -53,10 +54,9 @@ impl<'a> Job<'a> {
         let g = (0..count)
             .map(|q| &g[(set * d.c + grp * GROUP + q) * block..][..block])
             .collect();
-        let dy = match dy.is_empty() {
-            true => dy,
-            false => &dy[first * plane * s * s..][..count * plane * s * s],
-        };
+        let dy = dy.map_or(&[][..], |dy| {
+            &dy[first * plane * s * s..][..count * plane * s * s]
+        });
         Job {
             x: &x[first * plane..][..count * plane],
             dy,
@@ -98,7 +98,7 @@ pub(crate) fn forward(x: &[f32], g: &[f32], out: &mut [f32], d: Dims, geo: &Geom
         .into_par_iter()
         .enumerate()
         .map(|(j, out)| {
-            let job = Job::new(j, (x, g, &[]), d, geo);
+            let job = Job::new(j, (x, g, None), d, geo);
             isa.run(|| forward_job(geo, &job, out))
         })
         .collect();
@@ -215,7 +215,7 @@ pub(crate) fn backward(
     let jobs: Vec<(Job, Option<&mut [f32]>)> = dx_groups
         .into_iter()
         .enumerate()
-        .map(|(j, out)| (Job::new(j, (x, g, dy), d, geo), out))
+        .map(|(j, out)| (Job::new(j, (x, g, Some(dy)), d, geo), out))
         .collect();
     let isa = Isa::current();
     let partials: Vec<Vec<f32>> = jobs
