@@ -1,11 +1,14 @@
 //! CPU benchmark of the fused kernels' units of work, each on the instruction set this CPU
 //! has ([`converse::ops::simd_level`]):
-//! - `lanes`: the lane FFT per length, and the direct DFT against Bluestein's algorithm for
-//!   lengths with one large prime factor (which of the two the solve takes is marked);
+//! - `lanes`: the lane FFT per length, and the direct DFT, Rader's and Bluestein's algorithms
+//!   for lengths with one large prime factor (which one the solve takes is marked);
 //! - `solve`: one group's solve at scale 1 (256 x 256, padding 2 and 6), its transfer functions
 //!   made while solving;
 //! - `scaled`: one group's transfer functions at scale 2 (the SR upsamplers: kernel 2);
-//! - `transfer`: one group's transfer-function columns at scale 1 in f64, per kernel size.
+//! - `transfer`: one group's transfer-function columns at scale 1 in f64, per kernel size;
+//! - `sweep`: the lane FFT at every length from 64 to 8192 (`SWEEP=LO..HI` for others), its
+//!   cost per point against the best of the nearest smooth lengths (`2^a 3^b`) above and below;
+//!   prints the lengths over 1.5x (`SWEEP_SHOW=R`: over R) and the worst ratio.
 //!
 //! ```sh
 //! cargo bench --bench ops                  # all
@@ -49,36 +52,94 @@ fn lanes() {
         );
     }
     let primes = [
-        53, 67, 79, 89, 101, 127, 151, 181, 211, 251, 307, 331, 353, 373, 383, 389, 401, 421, 457,
-        503,
+        17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 67, 79, 89, 101, 127, 151, 181, 211, 251, 307, 331,
+        353, 373, 383, 389, 401, 421, 457, 503,
     ];
-    let photo = [260, 268, 1006, 3004, 3012, 4006];
+    let photo = [260, 268, 1006, 1028, 3004, 3012, 4006];
     let mut at = HashMap::new();
     for n in primes.iter().map(|p| 2 * p).chain(photo) {
         let p = *factors(n).last().unwrap_or(&1);
-        let chirp = LaneFft::with_bluestein_above(n, p - 1);
-        let m = chirp.bluestein_len();
-        let (d, c) = (
-            fft_us(LaneFft::with_bluestein_above(n, usize::MAX)),
-            fft_us(chirp),
+        let max = usize::MAX;
+        let (d, r, b) = (
+            fft_us(LaneFft::with_thresholds(n, max, max)),
+            fft_us(LaneFft::with_thresholds(n, p - 1, max)),
+            fft_us(LaneFft::with_thresholds(n, max, p - 1)),
         );
-        let used = if LaneFft::new(n).bluestein_len() == 0 {
-            "direct"
-        } else {
+        let plan = LaneFft::new(n);
+        let used = if plan.rader_primes().contains(&p) {
+            "rader"
+        } else if plan.bluestein_primes().contains(&p) {
             "bluestein"
+        } else {
+            "direct"
         };
         println!(
-            "n={n:5} ({:?}, m={m:4}): direct {d:9.2} us, bluestein {c:8.2} us, x{:.2}; {used}",
+            "n={n:5} ({:?}): direct {d:9.2} us, rader {r:8.2} us, bluestein {b:8.2} us; {used}",
             factors(n),
-            d / c
         );
-        at.insert(n, (d, c));
+        at.insert(n, (d, plan));
     }
     // The transforms of one group at 3004 x 4006 (scale 1): rows and columns, both ways.
-    let ((d4, c4), (d3, c3)) = (at[&4006], at[&3004]);
+    let (d4, d3) = (at[&4006].0, at[&3004].0);
+    let (u4, u3) = (fft_us(LaneFft::new(4006)), fft_us(LaneFft::new(3004)));
     let group = |t4: f64, t3: f64| 2.0 * (3004.0 * t4 + 4006.0 * t3) / 1e3;
-    let (d, c) = (group(d4, d3), group(c4, c3));
-    println!("one group's FFTs at 3004 x 4006: direct {d:.0} ms, bluestein {c:.0} ms");
+    let (d, u) = (group(d4, d3), group(u4, u3));
+    println!("one group's FFTs at 3004 x 4006: direct {d:.0} ms, as planned {u:.0} ms");
+}
+
+/// Nanoseconds per point and `log2(n)` of one transform of length `n`: the best of three
+/// batches of about 10 ms.
+fn quick_ns(n: usize) -> f64 {
+    let mut fft = LaneFft::new(n);
+    let mut batch = |reps: usize| {
+        let t = Instant::now();
+        fft.run(reps);
+        t.elapsed().as_secs_f64() / reps as f64
+    };
+    let once = batch(1);
+    let reps = ((0.01 / once) as usize).clamp(1, 100_000);
+    let t = (0..3).map(|_| batch(reps)).fold(f64::MAX, f64::min);
+    t * 1e9 / (n as f64 * (n as f64).log2())
+}
+
+fn smooth(mut n: usize) -> bool {
+    for p in [2, 3] {
+        while n.is_multiple_of(p) {
+            n /= p;
+        }
+    }
+    n == 1
+}
+
+fn sweep() -> Res<()> {
+    let range = std::env::var("SWEEP").unwrap_or_else(|_| "64..8192".into());
+    let (lo, hi) = range.split_once("..").ok_or("SWEEP is LO..HI")?;
+    let (lo, hi): (usize, usize) = (lo.parse()?, hi.parse()?);
+    // Lengths over this ratio are printed (`SWEEP_SHOW`, default 1.5).
+    let show: f64 = std::env::var("SWEEP_SHOW").map_or(Ok(1.5), |s| s.parse())?;
+    let mut cost: HashMap<usize, f64> = HashMap::new();
+    let mut at = |n: usize| *cost.entry(n).or_insert_with(|| quick_ns(n));
+    let (mut worst, mut worst_n, mut over) = (0.0f64, 0, 0);
+    for n in lo.max(2)..=hi {
+        let below = (1..=n).rev().find(|&m| smooth(m)).unwrap_or(1).max(2);
+        let above = (n..).find(|&m| smooth(m)).unwrap_or(n);
+        let best = at(below).min(at(above));
+        let ratio = at(n) / best;
+        if ratio > 1.5 {
+            over += 1;
+        }
+        if ratio > show {
+            println!("n={n:5} {:?}: {ratio:.2}x of {best:.3} ns", factors(n));
+        }
+        if ratio > worst {
+            (worst, worst_n) = (ratio, n);
+        }
+    }
+    println!(
+        "lengths {lo}..={hi}: worst {worst:.2}x at n={worst_n} {:?}; {over} over 1.5x",
+        factors(worst_n)
+    );
+    Ok(())
 }
 
 fn solve() -> Res<()> {
@@ -125,6 +186,9 @@ fn main() -> Res<()> {
     }
     if wants("transfer") {
         transfer()?;
+    }
+    if wants("sweep") {
+        sweep()?;
     }
     Ok(())
 }

@@ -36,10 +36,11 @@ impl LaneFft {
         Self::from_plan(Plan::new(n))
     }
 
-    /// A plan of length `n` whose odd factors above `above` take Bluestein's algorithm
+    /// A plan of length `n` whose primes above `rader` take Rader's algorithm where `p - 1`
+    /// has no prime factor above `rader`, and the other primes above `bluestein` Bluestein's
     /// (`usize::MAX`: none does).
-    pub fn with_bluestein_above(n: usize, above: usize) -> Self {
-        Self::from_plan(Plan::build(n, above))
+    pub fn with_thresholds(n: usize, rader: usize, bluestein: usize) -> Self {
+        Self::from_plan(Plan::build(n, rader, bluestein))
     }
 
     fn from_plan(plan: Plan) -> Self {
@@ -52,9 +53,14 @@ impl LaneFft {
         }
     }
 
-    /// The length of Bluestein's sub-transforms, 0 where the plan takes none.
-    pub fn bluestein_len(&self) -> usize {
-        self.plan.bluestein_len()
+    /// The primes that take Rader's algorithm.
+    pub fn rader_primes(&self) -> Vec<usize> {
+        self.plan.rader_primes()
+    }
+
+    /// The primes that take Bluestein's algorithm.
+    pub fn bluestein_primes(&self) -> Vec<usize> {
+        self.plan.bluestein_primes()
     }
 
     /// Runs `reps` forward transforms.

@@ -1,28 +1,40 @@
 //! A complex FFT over vectors: [`LANES`](crate::ops::cpu::simd::LANES) independent transforms
 //! at once, real and imaginary parts in separate arrays of [`V`]. Mixed radix, decimation in
-//! time, iterative (so that it inlines whole into the caller's AVX2 or AVX-512 code); factors 4
-//! and 2 have
-//! their own butterflies, odd factors up to [`BLUESTEIN_ABOVE`] a direct DFT over conjugate
-//! pairs. Larger primes (photo sizes pad to e.g. 3004 = 4 x 751, 4006 = 2 x 2003) take
-//! Bluestein's algorithm, a convolution by a sub-plan of length 2^a or 3 x 2^a, so that every
-//! length is O(n log n) and the tables O(n). rustfft handles one transform at a time; here
-//! every operation works on `LANES` values, whatever the factors. The CPU's fused Converse2D
-//! solve ([`crate::ops::cpu::solve`]) is its only user.
+//! time, iterative (so that it inlines whole into the transform's AVX2 or AVX-512 code);
+//! factors 4 and 2 have their own butterflies, the primes 3 to 13 unrolled ones, odd factors
+//! up to [`RADER_ABOVE`] a direct DFT over conjugate pairs. Larger primes (photo sizes pad to
+//! e.g. 1028 = 4 x 257, 3004 = 4 x 751) take Rader's algorithm, a cyclic convolution of length
+//! `p - 1` by a sub-plan of that length, where `p - 1` has no prime factor above
+//! [`RADER_ABOVE`]; the others above [`BLUESTEIN_ABOVE`] take Bluestein's, a convolution by a
+//! sub-plan of length `2^a` or `3 x 2^a`, and the rest the direct DFT. So every length is
+//! O(n log n)//! and the tables O(n). rustfft handles one transform at a time; here every operation works on
+//! `LANES` values, whatever the factors. The CPU's fused Converse2D solve
+//! ([`crate::ops::cpu::solve`]) is its only user.
 
 use std::f64::consts::PI;
 
 use rustfft::num_complex::Complex;
 
-use crate::ops::cpu::simd::{Simd, V};
+use crate::ops::cpu::simd::{simd_fn, Simd, V};
 
-/// Odd factors above this take Bluestein's algorithm, the rest the direct DFT, whose O(p²) is
-/// as fast up to about here (`cargo bench --bench ops -- lanes` prints both per length).
+/// Primes above this take Rader's algorithm where `p - 1` has no prime factor above it (so
+/// its sub-plan is direct): the direct DFT's O(p²) is as fast up to about here (`cargo bench
+/// --bench ops -- lanes` prints both per length).
+const RADER_ABOVE: usize = 90;
+
+/// Other primes above this take Bluestein's algorithm, the rest the direct DFT.
 const BLUESTEIN_ABOVE: usize = 360;
+
+/// The odd factors whose butterfly is unrolled.
+const UNROLLED: [usize; 5] = [3, 5, 7, 11, 13];
 
 /// `cos` and `sin` of `2 pi n k / p` for `n, k` in `1..=(p-1)/2`, row `k - 1`.
 #[derive(Debug)]
 struct Odd {
     p: usize,
+    /// Whether the butterfly takes its unrolled form (the small primes; off in a test that
+    /// compares the two).
+    unrolled: bool,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
@@ -63,7 +75,7 @@ impl Chirp {
             .plan_fft_forward(m)
             .process(&mut b);
         let norm = 1.0 / m as f64;
-        let sub = Plan::build(m, usize::MAX);
+        let sub = Plan::build(m, usize::MAX, usize::MAX);
         Self {
             p,
             w_re: w.iter().map(|w| w.re as f32).collect(),
@@ -74,10 +86,94 @@ impl Chirp {
         }
     }
 
-    /// Scratch for [`Plan::bluestein`].
+    /// Scratch for its butterfly.
     fn scratch_len(&self) -> usize {
         4 * self.sub.n + self.sub.scratch_len()
     }
+}
+
+/// Rader's algorithm for the prime `p`, with a primitive root `g`: for `m < p - 1`,
+/// `X[g^-m] = x_0 + (a * b)_m`, the cyclic convolution of `a_q = x[g^q]` and
+/// `b_j = e^{-2 pi i g^-j / p}`, of length `p - 1`; and `X_0 = x_0 + sum a`.
+#[derive(Debug)]
+struct Rader {
+    p: usize,
+    /// `g^q mod p`, `q < p - 1`.
+    gather: Vec<usize>,
+    /// `g^-m mod p`, `m < p - 1`.
+    scatter: Vec<usize>,
+    /// The DFT of `b`, divided by `p - 1`.
+    b_re: Vec<f32>,
+    b_im: Vec<f32>,
+    /// Of length `p - 1`.
+    sub: Plan,
+}
+
+fn pow_mod(b: usize, mut e: usize, m: usize) -> usize {
+    let (mut r, mut b, m) = (1u64, b as u64 % m as u64, m as u64);
+    while e > 0 {
+        if e & 1 == 1 {
+            r = r * b % m;
+        }
+        b = b * b % m;
+        e >>= 1;
+    }
+    r as usize
+}
+
+/// The smallest primitive root of the prime `p`.
+fn primitive_root(p: usize) -> usize {
+    let mut fs = factors(p - 1);
+    fs.iter_mut().for_each(|f| {
+        // `factors` groups 2s as 4s.
+        if *f == 4 {
+            *f = 2
+        }
+    });
+    fs.dedup();
+    (2..p)
+        .find(|&g| fs.iter().all(|&f| pow_mod(g, (p - 1) / f, p) != 1))
+        .expect("a prime has a primitive root")
+}
+
+impl Rader {
+    fn new(p: usize) -> Self {
+        let l = p - 1;
+        let g = primitive_root(p);
+        let gather: Vec<usize> = (0..l).map(|q| pow_mod(g, q, p)).collect();
+        let scatter: Vec<usize> = (0..l).map(|m| gather[(l - m) % l]).collect();
+        // The angle from the integer `g^-j mod p`, so that it stays exact.
+        let mut b: Vec<Complex<f64>> = scatter
+            .iter()
+            .map(|&k| Complex::from_polar(1.0, -2.0 * PI * k as f64 / p as f64))
+            .collect();
+        rustfft::FftPlanner::new()
+            .plan_fft_forward(l)
+            .process(&mut b);
+        let norm = 1.0 / l as f64;
+        Self {
+            p,
+            gather,
+            scatter,
+            b_re: b.iter().map(|b| (b.re * norm) as f32).collect(),
+            b_im: b.iter().map(|b| (b.im * norm) as f32).collect(),
+            sub: Plan::build(l, usize::MAX, usize::MAX),
+        }
+    }
+
+    /// Scratch for its butterfly.
+    fn scratch_len(&self) -> usize {
+        4 * (self.p - 1) + self.sub.scratch_len()
+    }
+}
+
+/// What a butterfly of an odd factor reads.
+#[derive(Clone, Copy)]
+enum Tables<'a> {
+    None,
+    Odd(&'a Odd),
+    Rader(&'a Rader),
+    Chirp(&'a Chirp),
 }
 
 /// One stage above the leaves: radix `p` over sub-transforms of length `m`, with the twiddles
@@ -100,6 +196,7 @@ pub(crate) struct Plan {
     /// From the leaves up.
     stages: Vec<Stage>,
     odd: Vec<Odd>,
+    raders: Vec<Rader>,
     chirps: Vec<Chirp>,
     max_half: usize,
 }
@@ -112,17 +209,6 @@ struct Input<'a> {
     x: Option<(&'a [V], &'a [V])>,
     at: (usize, usize),
     tw: Option<(&'a [f32], &'a [f32], usize)>,
-}
-
-impl Input<'_> {
-    /// In place, untwiddled.
-    fn in_place(base: usize, stride: usize) -> Self {
-        Self {
-            x: None,
-            at: (base, stride),
-            tw: None,
-        }
-    }
 }
 
 /// `(a + ib)(c + id)` for the scalar twiddle `c + id`.
@@ -160,11 +246,12 @@ pub(crate) fn factors(mut n: usize) -> Vec<usize> {
 
 impl Plan {
     pub(crate) fn new(n: usize) -> Self {
-        Self::build(n, BLUESTEIN_ABOVE)
+        Self::build(n, RADER_ABOVE, BLUESTEIN_ABOVE)
     }
 
-    /// A plan whose odd factors above `above` take Bluestein's algorithm.
-    pub(crate) fn build(n: usize, above: usize) -> Self {
+    /// A plan whose primes above `rader` take Rader's algorithm where `p - 1` has no prime
+    /// factor above `rader`, and the other primes above `bluestein` Bluestein's.
+    pub(crate) fn build(n: usize, rader: usize, bluestein: usize) -> Self {
         assert!(n >= 1);
         // Top level first; the largest factor ends up at the leaves, where it needs no twiddles.
         let f = factors(n);
@@ -195,13 +282,19 @@ impl Plan {
             m = len;
         }
         let mut odd: Vec<Odd> = vec![];
+        let mut raders: Vec<Rader> = vec![];
         let mut chirps: Vec<Chirp> = vec![];
         for &p in &f {
             if p.is_multiple_of(2) || p == 1 {
                 continue;
             }
-            if p > above {
-                if !chirps.iter().any(|c| c.p == p) {
+            let seen = raders.iter().any(|r| r.p == p) || chirps.iter().any(|c| c.p == p);
+            if p > rader && factors(p - 1).iter().all(|&q| q <= rader) {
+                if !seen {
+                    raders.push(Rader::new(p));
+                }
+            } else if p > bluestein {
+                if !seen {
                     chirps.push(Chirp::new(p));
                 }
             } else if !odd.iter().any(|o| o.p == p) {
@@ -215,7 +308,13 @@ impl Plan {
                         sin.push(a.sin() as f32);
                     }
                 }
-                odd.push(Odd { p, cos, sin });
+                let unrolled = UNROLLED.contains(&p);
+                odd.push(Odd {
+                    p,
+                    unrolled,
+                    cos,
+                    sin,
+                });
             }
         }
         let max_half = odd.iter().map(|o| (o.p - 1) / 2).max().unwrap_or(0);
@@ -225,45 +324,54 @@ impl Plan {
             leaf_offsets,
             stages,
             odd,
+            raders,
             chirps,
             max_half,
         }
     }
 
-    /// Scratch (in vectors) that [`Self::forward`] needs.
     /// The length of the transform.
     pub(crate) fn len(&self) -> usize {
         self.n
     }
 
-    /// The length of Bluestein's sub-transforms, 0 where the plan takes none.
-    pub(crate) fn bluestein_len(&self) -> usize {
-        self.chirps.iter().map(|c| c.sub.n).max().unwrap_or(0)
+    /// The primes that take Rader's algorithm.
+    pub(crate) fn rader_primes(&self) -> Vec<usize> {
+        self.raders.iter().map(|r| r.p).collect()
     }
 
+    /// The primes that take Bluestein's algorithm.
+    pub(crate) fn bluestein_primes(&self) -> Vec<usize> {
+        self.chirps.iter().map(|c| c.p).collect()
+    }
+
+    /// Scratch (in vectors) that [`Self::forward`] needs.
     pub(crate) fn scratch_len(&self) -> usize {
-        let chirp = self.chirps.iter().map(Chirp::scratch_len).max();
-        (4 * self.max_half).max(chirp.unwrap_or(0))
+        let rader = self.raders.iter().map(Rader::scratch_len);
+        let chirp = self.chirps.iter().map(Chirp::scratch_len);
+        rader.chain(chirp).fold(4 * self.max_half, usize::max)
     }
 
     /// Forward DFT of the strided input `x[off + i * stride]`, `i < n`, into `out[..n]`
     /// (unnormalised; the inverse is this with real and imaginary parts swapped on both sides).
+    /// It runs on the instruction set [`Isa::current`](crate::ops::cpu::simd::Isa::current)
+    /// names, as the caller's `_s` does: the transform is compiled once per instruction set
+    /// (not inlined into each caller), which keeps the code and its build time small.
     #[inline(always)]
     pub(crate) fn forward<S: Simd>(
         &self,
-        s: S,
-        (x_re, x_im): (&[V], &[V]),
-        (off, stride): (usize, usize),
-        (re, im): (&mut [V], &mut [V]),
+        _s: S,
+        x: (&[V], &[V]),
+        at: (usize, usize),
+        out: (&mut [V], &mut [V]),
         scratch: &mut [V],
     ) {
-        self.run::<S, true>(s, (x_re, x_im), (off, stride), (re, im), scratch)
+        transform(self, x, at, out, scratch)
     }
 
-    /// [`Self::forward`]; `CHIRP` false for the sub-plans of [`Chirp`], which have no such
-    /// factors (and so that the code does not recurse).
+    /// [`Self::forward`], inlined into [`transform`].
     #[inline(always)]
-    fn run<S: Simd, const CHIRP: bool>(
+    fn run<S: Simd>(
         &self,
         s: S,
         (x_re, x_im): (&[V], &[V]),
@@ -274,60 +382,51 @@ impl Plan {
         let (n, p) = (self.n, self.leaf);
         let (re, im) = (&mut re[..n], &mut im[..n]);
         let gap = n / p;
-        // Bluestein's step works in place: its leaves are copied in first and its stages
-        // twiddled first. The other butterflies read their inputs where they are.
-        let chirp = |p| CHIRP && self.chirps.iter().any(|c| c.p == p);
-        let chirp_leaf = chirp(p);
+        let leaf_tables = self.tables(p);
         for (b, &o) in self.leaf_offsets.iter().enumerate() {
-            let from = off + o * stride;
-            let src = if chirp_leaf {
-                for r in 0..p {
-                    let i = from + r * gap * stride;
-                    re[b * p + r] = x_re[i];
-                    im[b * p + r] = x_im[i];
-                }
-                Input::in_place(b * p, 1)
-            } else {
-                Input {
-                    x: Some((x_re, x_im)),
-                    at: (from, gap * stride),
-                    tw: None,
-                }
+            let src = Input {
+                x: Some((x_re, x_im)),
+                at: (off + o * stride, gap * stride),
+                tw: None,
             };
-            self.butterfly::<S, CHIRP>(s, p, src, (re, im), (b * p, 1), scratch);
+            Self::butterfly(s, p, leaf_tables, src, (re, im), (b * p, 1), scratch);
         }
         for st in &self.stages {
             let (p, m) = (st.p, st.m);
-            let chirp_stage = chirp(p);
+            let tables = self.tables(p);
             for base in (0..n).step_by(p * m) {
-                if chirp_stage {
-                    for r in 1..p {
-                        let tw = (r - 1) * m;
-                        let (tr, ti) = (&st.tw_re[tw..][..m], &st.tw_im[tw..][..m]);
-                        let at = base + r * m;
-                        let (vr, vi) = (&mut re[at..at + m], &mut im[at..at + m]);
-                        for k in 0..m {
-                            (vr[k], vi[k]) = twiddle(s, (vr[k], vi[k]), (tr[k], ti[k]));
-                        }
-                    }
-                }
                 for k in 0..m {
-                    let mut src = Input::in_place(base + k, m);
-                    if !chirp_stage {
-                        src.tw = Some((&st.tw_re[k..], &st.tw_im[k..], m));
-                    }
-                    self.butterfly::<S, CHIRP>(s, p, src, (re, im), (base + k, m), scratch);
+                    let src = Input {
+                        x: None,
+                        at: (base + k, m),
+                        tw: Some((&st.tw_re[k..], &st.tw_im[k..], m)),
+                    };
+                    Self::butterfly(s, p, tables, src, (re, im), (base + k, m), scratch);
                 }
             }
         }
     }
 
-    /// A DFT of length `p` of `src` into `dst[base + q * stride]`, `q < p`.
+    /// The tables of the odd factor `p` (none for 1, 2 and 4).
+    fn tables(&self, p: usize) -> Tables<'_> {
+        if let Some(r) = self.raders.iter().find(|r| r.p == p) {
+            Tables::Rader(r)
+        } else if let Some(c) = self.chirps.iter().find(|c| c.p == p) {
+            Tables::Chirp(c)
+        } else if let Some(o) = self.odd.iter().find(|o| o.p == p) {
+            Tables::Odd(o)
+        } else {
+            Tables::None
+        }
+    }
+
+    /// A DFT of length `p` of `src` into `dst[base + q * stride]`, `q < p`, with the factor's
+    /// `tables`.
     #[inline(always)]
-    fn butterfly<S: Simd, const CHIRP: bool>(
-        &self,
+    fn butterfly<S: Simd>(
         s: S,
         p: usize,
+        tables: Tables,
         src: Input,
         (re, im): (&mut [V], &mut [V]),
         (base, stride): (usize, usize),
@@ -374,15 +473,113 @@ impl Plan {
                 (re[i[3]], im[i[3]]) = (s.sub(t1r, t3i), s.add(t1i, t3r));
             }
             _ => {
-                if CHIRP {
-                    if let Some(c) = self.chirps.iter().find(|c| c.p == p) {
-                        debug_assert!(src.x.is_none() && src.tw.is_none());
-                        return Self::bluestein(s, c, (re, im), (base, stride), scratch);
+                if let Tables::Rader(r) = tables {
+                    // Every input is read before the first output is written (in place at
+                    // the stages). The sub-transforms run through `transform`, not inlined.
+                    let l = p - 1;
+                    let (ar, rest) = scratch.split_at_mut(l);
+                    let (ai, rest) = rest.split_at_mut(l);
+                    let (fr, rest) = rest.split_at_mut(l);
+                    let (fi, rest) = rest.split_at_mut(l);
+                    let (x0r, x0i) = get!(0);
+                    for q in 0..l {
+                        (ar[q], ai[q]) = get!(r.gather[q]);
                     }
+                    transform(&r.sub, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
+                    (re[base], im[base]) = (s.add(x0r, fr[0]), s.add(x0i, fi[0]));
+                    let (br, bi) = (&r.b_re[..l], &r.b_im[..l]);
+                    for k in 0..l {
+                        (fr[k], fi[k]) = twiddle(s, (fr[k], fi[k]), (br[k], bi[k]));
+                    }
+                    // The inverse: parts swapped on both sides.
+                    transform(&r.sub, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
+                    for (m, &k) in r.scatter.iter().enumerate() {
+                        let i = base + k * stride;
+                        (re[i], im[i]) = (s.add(x0r, ar[m]), s.add(x0i, ai[m]));
+                    }
+                    return;
                 }
-                let Some(odd) = self.odd.iter().find(|o| o.p == p) else {
+                if let Tables::Chirp(c) = tables {
+                    // `X_k = conj(w_k) (a * b)_k` with `a_j = x_j conj(w_j)`, the circular
+                    // convolution by the sub-plan; inputs read first, as above.
+                    let m = c.sub.n;
+                    let (ar, rest) = scratch.split_at_mut(m);
+                    let (ai, rest) = rest.split_at_mut(m);
+                    let (fr, rest) = rest.split_at_mut(m);
+                    let (fi, rest) = rest.split_at_mut(m);
+                    let (wr, wi) = (&c.w_re[..p], &c.w_im[..p]);
+                    for j in 0..p {
+                        (ar[j], ai[j]) = twiddle(s, get!(j), (wr[j], wi[j]));
+                    }
+                    ar[p..].fill(V::default());
+                    ai[p..].fill(V::default());
+                    transform(&c.sub, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
+                    let (br, bi) = (&c.b_re[..m], &c.b_im[..m]);
+                    for k in 0..m {
+                        (fr[k], fi[k]) = twiddle(s, (fr[k], fi[k]), (br[k], bi[k]));
+                    }
+                    transform(&c.sub, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
+                    for k in 0..p {
+                        let i = base + k * stride;
+                        (re[i], im[i]) = twiddle(s, (ar[k], ai[k]), (wr[k], wi[k]));
+                    }
+                    return;
+                }
+                let Tables::Odd(odd) = tables else {
                     unreachable!("factor {p} without tables")
                 };
+                // X[k] = A - i B and X[p - k] = A + i B, with A = x0 + sum a_j cos, B = sum b_j sin.
+                macro_rules! put {
+                    ($k:expr, $cr:expr, $ci:expr, $dr:expr, $di:expr) => {{
+                        let (u, w) = (base + ($k + 1) * stride, base + (p - 1 - $k) * stride);
+                        (re[u], im[u]) = (s.add($cr, $di), s.sub($ci, $dr));
+                        (re[w], im[w]) = (s.sub($cr, $di), s.add($ci, $dr));
+                    }};
+                }
+                // The small primes: the arithmetic of the general case below, operation for
+                // operation (so the same bits), on the stack with constant bounds, unrolled.
+                macro_rules! fixed {
+                    ($h:literal) => {{
+                        const H: usize = $h;
+                        let z = V::default();
+                        let (mut ar, mut ai, mut br, mut bi) = ([z; H], [z; H], [z; H], [z; H]);
+                        let (x0r, x0i) = get!(0);
+                        let (mut sr, mut si) = (x0r, x0i);
+                        for j in 0..H {
+                            let ((ur, ui), (wr, wi)) = (get!(j + 1), get!(2 * H - j));
+                            ar[j] = s.add(ur, wr);
+                            ai[j] = s.add(ui, wi);
+                            br[j] = s.sub(ur, wr);
+                            bi[j] = s.sub(ui, wi);
+                            sr = s.add(sr, ar[j]);
+                            si = s.add(si, ai[j]);
+                        }
+                        re[base] = sr;
+                        im[base] = si;
+                        let (cos, sin) = (&odd.cos[..H * H], &odd.sin[..H * H]);
+                        for k in 0..H {
+                            let (c, sn) = (&cos[k * H..][..H], &sin[k * H..][..H]);
+                            let (mut cr, mut ci, mut dr, mut di) = (x0r, x0i, z, z);
+                            for j in 0..H {
+                                cr = s.madd(cr, ar[j], c[j]);
+                                ci = s.madd(ci, ai[j], c[j]);
+                                dr = s.madd(dr, br[j], sn[j]);
+                                di = s.madd(di, bi[j], sn[j]);
+                            }
+                            put!(k, cr, ci, dr, di);
+                        }
+                    }};
+                }
+                if odd.unrolled {
+                    match p {
+                        3 => return fixed!(1),
+                        5 => return fixed!(2),
+                        7 => return fixed!(3),
+                        11 => return fixed!(5),
+                        13 => return fixed!(6),
+                        _ => unreachable!("no unrolled butterfly for {p}"),
+                    }
+                }
                 // A direct DFT over the conjugate pairs `(j, p - j)`: their sums and
                 // differences first, then two rows of the tables at a time.
                 let h = (p - 1) / 2;
@@ -403,14 +600,6 @@ impl Plan {
                 re[base] = sr;
                 im[base] = si;
                 let (ar, ai, br, bi) = (&ar[..h], &ai[..h], &br[..h], &bi[..h]);
-                // X[k] = A - i B and X[p - k] = A + i B, with A = x0 + sum a_j cos, B = sum b_j sin.
-                macro_rules! put {
-                    ($k:expr, $cr:expr, $ci:expr, $dr:expr, $di:expr) => {{
-                        let (u, w) = (base + ($k + 1) * stride, base + (p - 1 - $k) * stride);
-                        (re[u], im[u]) = (s.add($cr, $di), s.sub($ci, $dr));
-                        (re[w], im[w]) = (s.sub($cr, $di), s.add($ci, $dr));
-                    }};
-                }
                 // Eight independent sums.
                 let mut k = 0;
                 while k + 1 < h {
@@ -447,42 +636,19 @@ impl Plan {
             }
         }
     }
+}
 
-    /// [`Self::butterfly`] for a prime with a [`Chirp`]: `X_k = conj(w_k) (a * b)_k` with
-    /// `a_j = x_j conj(w_j)`, the circular convolution done by the sub-plan.
-    #[inline(always)]
-    fn bluestein<S: Simd>(
-        s: S,
-        c: &Chirp,
-        (re, im): (&mut [V], &mut [V]),
-        (base, stride): (usize, usize),
+simd_fn! {
+    /// [`Plan::forward`].
+    fn transform(
+        s,
+        plan: &Plan,
+        x: (&[V], &[V]),
+        at: (usize, usize),
+        out: (&mut [V], &mut [V]),
         scratch: &mut [V],
     ) {
-        let (p, m) = (c.p, c.sub.n);
-        let (ar, rest) = scratch.split_at_mut(m);
-        let (ai, rest) = rest.split_at_mut(m);
-        let (fr, rest) = rest.split_at_mut(m);
-        let (fi, rest) = rest.split_at_mut(m);
-        let (wr, wi) = (&c.w_re[..p], &c.w_im[..p]);
-        for j in 0..p {
-            let i = base + j * stride;
-            (ar[j], ai[j]) = twiddle(s, (re[i], im[i]), (wr[j], wi[j]));
-        }
-        ar[p..].fill(V::default());
-        ai[p..].fill(V::default());
-        c.sub
-            .run::<S, false>(s, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
-        let (br, bi) = (&c.b_re[..m], &c.b_im[..m]);
-        for k in 0..m {
-            (fr[k], fi[k]) = twiddle(s, (fr[k], fi[k]), (br[k], bi[k]));
-        }
-        // The inverse: parts swapped on both sides.
-        c.sub
-            .run::<S, false>(s, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
-        for k in 0..p {
-            let i = base + k * stride;
-            (re[i], im[i]) = twiddle(s, (ar[k], ai[k]), (wr[k], wi[k]));
-        }
+        plan.run(s, x, at, out, scratch)
     }
 }
 
@@ -497,7 +663,7 @@ pub(crate) fn signal(n: usize) -> (Vec<V>, Vec<V>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::cpu::simd::{simd_fn, Isa, Plain, LANES};
+    use crate::ops::cpu::simd::{Isa, Plain, LANES};
     use crate::ops::fft::reference;
 
     /// The forward transform, and the inverse of it (parts swapped in and out), unnormalised.
@@ -527,11 +693,11 @@ mod tests {
     }
 
     /// Checks length `n` on every instruction set this CPU has against the plain DFT: absolute
-    /// error `2e-6 sqrt(n) log2(n)` on the direct path; on the Bluestein path error relative to
+    /// error `2e-6 sqrt(n) log2(n)` on the direct path; where Rader's or Bluestein's algorithm runs, error relative to
     /// the largest bin, `1e-5 log2(n)` (and the same, absolute, on the round trip).
     fn check_against_the_plain_dft(plan: Plan) {
         let n = plan.n;
-        let bluestein = !plan.chirps.is_empty();
+        let rader = !plan.rader_primes().is_empty() || !plan.bluestein_primes().is_empty();
         let (x_re, x_im) = signal(n);
         // The O(n²) reference is slow: fewer lanes at the largest sizes.
         let lanes: Vec<usize> = if n <= 2000 {
@@ -558,7 +724,7 @@ mod tests {
             let mut worst: f64 = 0.0;
             for (&l, (wr, wi)) in lanes.iter().zip(&want) {
                 let peak = (0..n).map(|i| wr[i].hypot(wi[i])).fold(0.0, f64::max);
-                let (tol, tol_back) = if bluestein {
+                let (tol, tol_back) = if rader {
                     (1e-5 * log * peak, 1e-5 * log)
                 } else {
                     (2e-6 * (n as f64).sqrt() * log, 1e-5)
@@ -581,7 +747,7 @@ mod tests {
                     assert!(err < tol_back, "{name} n={n} inverse lane {l} at {i}");
                 }
             }
-            if bluestein {
+            if rader {
                 println!("{name} n={n}: error / largest bin {worst:.2e}");
             }
         }
@@ -589,15 +755,74 @@ mod tests {
 
     #[test]
     fn matches_the_plain_dft_forward_and_inverse() {
-        let direct = (1..=72).chain([97, 128, 131, 134, 136, 260, 264, 268, 270, 524]);
-        // Bluestein: prime, prime times 2 or 4, two such primes (at a leaf and a stage).
-        for n in direct.chain([367, 2 * 367, 751, 1006, 3004, 4006]) {
+        let small = (1..=72).chain([97, 128, 131, 134, 136, 260, 264, 268, 270, 524]);
+        // Rader: primes, a prime times 2 or 4, at a leaf and a stage (101 x 103); Bluestein:
+        // 503 and 383, where `p - 1` has a large prime factor.
+        let rader = [
+            101,
+            107,
+            257,
+            4 * 257,
+            367,
+            2 * 367,
+            751,
+            3004,
+            4006,
+            101 * 103,
+        ];
+        for n in small.chain(rader).chain([1006, 2 * 383]) {
             check_against_the_plain_dft(Plan::new(n));
         }
-        // Bluestein from 101 up, so that it also runs at a stage (101 * 103) at a size the
-        // reference can check.
-        for n in [101, 202, 101 * 103] {
-            check_against_the_plain_dft(Plan::build(n, 100));
+        // The direct DFT of primes above the thresholds, and Bluestein's algorithm at a stage,
+        // which the bench sets beside the others.
+        for n in [97, 2 * 131] {
+            check_against_the_plain_dft(Plan::build(n, usize::MAX, usize::MAX));
+        }
+        check_against_the_plain_dft(Plan::build(101 * 103, usize::MAX, 100));
+    }
+
+    /// Which algorithm each prime takes.
+    #[test]
+    fn primes_take_rader_bluestein_or_the_direct_dft() {
+        let plan = Plan::new(4 * 257 * 503 * 89);
+        assert_eq!(plan.rader_primes(), [257]);
+        assert_eq!(plan.bluestein_primes(), [503]);
+        assert!(plan.odd.iter().any(|o| o.p == 89));
+        // 383 - 1 = 2 x 191.
+        assert_eq!(Plan::new(2 * 383).bluestein_primes(), [383]);
+    }
+
+    /// The unrolled butterflies of the small primes give the general odd butterfly's bits.
+    #[test]
+    fn unrolled_butterflies_match_the_general_one_bit_for_bit() {
+        for n in [
+            3,
+            5,
+            7,
+            11,
+            13,
+            4 * 3 * 11,
+            2 * 5 * 13,
+            7 * 9,
+            3 * 5 * 7 * 11,
+            13 * 8,
+        ] {
+            let plan = Plan::new(n);
+            let mut general = Plan::new(n);
+            assert!(plan.odd.iter().all(|o| o.unrolled));
+            general.odd.iter_mut().for_each(|o| o.unrolled = false);
+            let (x_re, x_im) = signal(n);
+            for isa in Isa::available() {
+                let got = isa.run(|| forward_and_back_simd(&plan, (&x_re, &x_im)));
+                let want = isa.run(|| forward_and_back_simd(&general, (&x_re, &x_im)));
+                let bits = |v: &[Vec<V>; 4]| -> Vec<u32> {
+                    v.iter()
+                        .flatten()
+                        .flat_map(|v| v.0.map(f32::to_bits))
+                        .collect()
+                };
+                assert_eq!(bits(&got), bits(&want), "n={n} on {}", isa.name());
+            }
         }
     }
 
@@ -621,27 +846,35 @@ mod tests {
         assert_eq!(re[0].0[0], dc);
     }
 
+    /// Rader's and Bluestein's butterflies read strided input at the leaves.
     #[test]
-    fn reads_strided_input_on_the_bluestein_path() {
-        let (n, off, stride) = (2 * 367, 2, 5);
-        let plan = Plan::new(n);
-        assert_eq!(plan.chirps.len(), 1);
-        let (x_re, x_im) = signal(off + stride * n);
-        let mut scratch = vec![V::default(); plan.scratch_len()];
-        let (mut re, mut im) = (vec![V::default(); n], vec![V::default(); n]);
-        let xs = (&x_re[..], &x_im[..]);
-        plan.forward(Plain, xs, (off, stride), (&mut re, &mut im), &mut scratch);
-        let pick = |v: &[V]| (0..n).map(|i| v[off + i * stride]).collect::<Vec<_>>();
-        let (y_re, y_im) = (pick(&x_re), pick(&x_im));
-        let (mut want_re, mut want_im) = (vec![V::default(); n], vec![V::default(); n]);
-        let ys = (&y_re[..], &y_im[..]);
-        plan.forward(
-            Plain,
-            ys,
-            (0, 1),
-            (&mut want_re, &mut want_im),
-            &mut scratch,
-        );
-        assert_eq!((re, im), (want_re, want_im));
+    fn reads_strided_input_on_the_rader_and_bluestein_paths() {
+        for (n, rader) in [(2 * 367, true), (2 * 383, false)] {
+            let (off, stride) = (2, 5);
+            let plan = Plan::new(n);
+            let primes = if rader {
+                plan.rader_primes()
+            } else {
+                plan.bluestein_primes()
+            };
+            assert_eq!(primes, [n / 2]);
+            let (x_re, x_im) = signal(off + stride * n);
+            let mut scratch = vec![V::default(); plan.scratch_len()];
+            let (mut re, mut im) = (vec![V::default(); n], vec![V::default(); n]);
+            let xs = (&x_re[..], &x_im[..]);
+            plan.forward(Plain, xs, (off, stride), (&mut re, &mut im), &mut scratch);
+            let pick = |v: &[V]| (0..n).map(|i| v[off + i * stride]).collect::<Vec<_>>();
+            let (y_re, y_im) = (pick(&x_re), pick(&x_im));
+            let (mut want_re, mut want_im) = (vec![V::default(); n], vec![V::default(); n]);
+            let ys = (&y_re[..], &y_im[..]);
+            plan.forward(
+                Plain,
+                ys,
+                (0, 1),
+                (&mut want_re, &mut want_im),
+                &mut scratch,
+            );
+            assert_eq!((re, im), (want_re, want_im));
+        }
     }
 }

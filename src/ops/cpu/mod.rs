@@ -15,7 +15,7 @@
 //! | [`bench`] | units of work for `benches/ops.rs` to time |
 //! | [`gemm`] | matrix products on the calling thread |
 //! | [`branch`] | the fused `ConverseBlock` |
-//! | [`lanes`] | complex 1-D FFTs over 8-lane vectors (mixed radix, Bluestein for large primes) |
+//! | [`lanes`] | complex 1-D FFTs over 8-lane vectors (mixed radix, Rader for large primes) |
 //! | [`solve`] | the lane-batched Converse2D solve: its grid, kernel, transfer functions and buffer pool |
 //! | [`solve_grad`] | the solve plane by plane with its backward (f32 and f64), for training; the lane backward's reference |
 
