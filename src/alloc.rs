@@ -3,8 +3,11 @@
 //! The models' feature maps are tens to thousands of MiB, each freshly mapped by the allocator
 //! and faulted in page by page: at 4 KiB pages that is a quarter of a million faults per GiB,
 //! a sixth of an SR run's time. Marked with `MADV_HUGEPAGE` (Linux, where transparent huge
-//! pages are enabled or set to `madvise`), they fault in 2 MiB at a time. Nothing changes
-//! elsewhere, or where the kernel declines. The `converse` binary uses it; a program of
+//! pages are enabled or set to `madvise`), they fault in 2 MiB at a time. Large zeroed blocks
+//! are mapped afresh, 2 MiB-aligned, rather than cleared: until written, their pages are the
+//! kernel's shared zero page, so a zero tensor that is only read (as every gradient starts in
+//! candle's autograd: zeros, then an add) costs a few faults, not a pass over memory. Nothing
+//! changes elsewhere, or where the kernel declines. The `converse` binary uses it; a program of
 //! your own can too: `#[global_allocator] static A: converse::alloc::Allocator = converse::alloc::Allocator;`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -36,6 +39,88 @@ fn advise(p: *mut u8, len: usize) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (p, len);
+}
+
+/// Zeroed blocks this large and larger are mapped afresh (Linux).
+pub const ZERO_MAPPED_FROM: usize = LARGE;
+
+/// At most this many are mapped at once; more take the system allocator's `calloc`.
+const ZERO_MAPPED: usize = 64;
+
+/// The zeroed blocks mapped afresh now, by address (0: a free slot).
+static MAPPED: Mutex<[usize; ZERO_MAPPED]> = Mutex::new([0; ZERO_MAPPED]);
+
+/// A fresh anonymous mapping of `layout`, 2 MiB-aligned (its pages read as zero until written),
+/// registered in [`MAPPED`]; `None` where the layout is small, the registry full or the kernel
+/// declines.
+#[cfg(target_os = "linux")]
+fn map_zeroed(layout: Layout) -> Option<*mut u8> {
+    if layout.size() < ZERO_MAPPED_FROM || layout.align() > HUGE_PAGE {
+        return None;
+    }
+    let mut mapped = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = mapped.iter().position(|&a| a == 0)?;
+    let len = layout.size().next_multiple_of(HUGE_PAGE);
+    // SAFETY: a new private anonymous mapping; only its unaligned ends are unmapped again.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len + HUGE_PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let start = (p as usize).next_multiple_of(HUGE_PAGE);
+        let head = start - p as usize;
+        if head > 0 {
+            libc::munmap(p, head);
+        }
+        if HUGE_PAGE - head > 0 {
+            libc::munmap((start + len) as *mut libc::c_void, HUGE_PAGE - head);
+        }
+        libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        mapped[slot] = start;
+        Some(start as *mut u8)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn map_zeroed(_: Layout) -> Option<*mut u8> {
+    None
+}
+
+/// `n` zeros from the allocator's ordinary path (in a training loop, memory the heap reuses),
+/// filled here: for a buffer written over at once, whose freshly mapped zero pages the kernel
+/// would have to clear again on the first write.
+pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0.0);
+    v
+}
+
+/// Unmaps `p` if [`map_zeroed`] made it; returns whether it did.
+fn unmap_zeroed(p: *mut u8, layout: Layout) -> bool {
+    if layout.size() < ZERO_MAPPED_FROM {
+        return false;
+    }
+    let mut mapped = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(slot) = mapped.iter().position(|&a| a == p as usize) else {
+        return false;
+    };
+    mapped[slot] = 0;
+    #[cfg(target_os = "linux")]
+    // SAFETY: `map_zeroed` mapped exactly this range, and its block is being freed.
+    unsafe {
+        libc::munmap(
+            p as *mut libc::c_void,
+            layout.size().next_multiple_of(HUGE_PAGE),
+        );
+    }
+    true
 }
 
 /// Blocks from this size on (glibc's largest `M_MMAP_THRESHOLD`, always mapped afresh by it)
@@ -114,8 +199,9 @@ fn reuse(layout: Layout) -> Option<*mut u8> {
     KEPT.lock().unwrap_or_else(|e| e.into_inner()).take(layout)
 }
 
-// SAFETY: every block comes from `System` and goes back to it with the layout it was made with:
-// a kept block is handed out again only for that same layout; `advise` only adds a hint.
+// SAFETY: every block comes from `System` and goes back to it with the layout it was made with,
+// or from `map_zeroed` and goes back to `unmap_zeroed` (which knows it by its address): a kept
+// block is handed out again only for that same layout; `advise` only adds a hint.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if let Some(p) = reuse(layout) {
@@ -127,6 +213,9 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if let Some(p) = map_zeroed(layout) {
+            return p;
+        }
         if let Some(p) = reuse(layout) {
             std::ptr::write_bytes(p, 0, layout.size());
             return p;
@@ -137,6 +226,9 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        if unmap_zeroed(p, layout) {
+            return;
+        }
         if layout.size() >= KEPT_FROM && KEEP.load(Ordering::Relaxed) {
             let (evicted, n) = KEPT
                 .lock()
@@ -151,6 +243,20 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        if layout.size() >= ZERO_MAPPED_FROM
+            && MAPPED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(p as usize))
+        {
+            let new = Layout::from_size_align_unchecked(size, layout.align());
+            let q = self.alloc(new);
+            if !q.is_null() {
+                std::ptr::copy_nonoverlapping(p, q, layout.size().min(size));
+                self.dealloc(p, layout);
+            }
+            return q;
+        }
         let q = System.realloc(p, layout, size);
         advise(q, size);
         q
@@ -245,8 +351,8 @@ mod tests {
         );
     }
 
-    /// Once blocks are kept, a freed large block is handed out again for the same layout, and
-    /// zeroed when asked.
+    /// Once blocks are kept, a freed large block is handed out again for the same layout (a
+    /// zeroed one is mapped afresh instead).
     #[cfg(target_os = "linux")]
     #[test]
     fn freed_large_blocks_are_reused() {
@@ -260,11 +366,74 @@ mod tests {
             assert!(!p.is_null());
             std::ptr::write_bytes(p, 7, layout.size());
             a.dealloc(p, layout);
-            let q = a.alloc_zeroed(layout);
+            let q = a.alloc(layout);
             assert_eq!(q, p);
-            let block = std::slice::from_raw_parts(q, layout.size());
-            assert!(block.iter().all(|&b| b == 0));
             a.dealloc(q, layout);
+        }
+    }
+
+    /// The pages of the mapping holding `p` that are backed by memory of their own (`Rss`
+    /// less the shared zero page's, which `smaps` does not count), in KiB.
+    #[cfg(target_os = "linux")]
+    fn rss_kib(p: usize) -> Option<usize> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'));
+            if let Some((a, b)) = range {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    inside = (a..b).contains(&p);
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(kib) = line.strip_prefix("Rss:") {
+                    return kib.trim().trim_end_matches("kB").trim().parse().ok();
+                }
+            }
+        }
+        None
+    }
+
+    /// A large zeroed block is a fresh mapping: it reads as zeros without taking memory, keeps
+    /// what is written, survives a `realloc` and is unmapped when freed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn large_zeroed_blocks_are_fresh_zero_pages() {
+        let a = Allocator;
+        // A size no other test allocates.
+        let layout = Layout::from_size_align(2 * ZERO_MAPPED_FROM + 5 * 4096 + 12, 4).unwrap();
+        // SAFETY: every block is freed with its own layout.
+        unsafe {
+            let p = a.alloc_zeroed(layout);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % HUGE_PAGE, 0, "2 MiB-aligned");
+            assert!(MAPPED.lock().unwrap().contains(&(p as usize)));
+            let block = std::slice::from_raw_parts_mut(p, layout.size());
+            assert!(block.iter().all(|&b| b == 0));
+            let rss = rss_kib(p as usize).expect("the block's mapping in smaps");
+            assert!(rss < 4096, "reading zeros took {rss} KiB");
+            block[..4096]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = i as u8);
+            *block.last_mut().unwrap() = 9;
+            let bigger = layout.size() + LARGE;
+            let q = a.realloc(p, layout, bigger);
+            assert!(!MAPPED.lock().unwrap().contains(&(p as usize)), "unmapped");
+            let block = std::slice::from_raw_parts(q, layout.size());
+            assert!(block[..4096].iter().enumerate().all(|(i, &b)| b == i as u8));
+            assert!(block[4096..layout.size() - 1].iter().all(|&b| b == 0));
+            assert_eq!(block[layout.size() - 1], 9);
+            a.dealloc(q, Layout::from_size_align(bigger, 4).unwrap());
+            let p = a.alloc_zeroed(layout);
+            a.dealloc(p, layout);
+            assert!(!MAPPED.lock().unwrap().contains(&(p as usize)));
+            assert_eq!(rss_kib(p as usize), None, "unmapped");
         }
     }
 

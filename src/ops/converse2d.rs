@@ -316,7 +316,7 @@ impl CustomOp2 for TrainSolve {
         let out = match xs {
             CpuStorage::F32(_) if s == 1 => {
                 let (x, g) = (values(self.name(), xs, xl)?, values(self.name(), gs, gl)?);
-                let mut out = vec![0f32; shape.elem_count()];
+                let mut out = crate::alloc::zeros_to_overwrite(shape.elem_count());
                 let spectra = super::cpu::solve::backward::forward(x, g, &mut out, d, &geo);
                 let old = self.spectra.lock().map(|mut k| k.replace(spectra));
                 if let Ok(Some(old)) = old {
@@ -326,7 +326,7 @@ impl CustomOp2 for TrainSolve {
             }
             CpuStorage::F32(_) => {
                 let x = values::<f32>(self.name(), xs, xl)?;
-                let mut out = vec![0f32; shape.elem_count()];
+                let mut out = crate::alloc::zeros_to_overwrite(shape.elem_count());
                 let filters = Filters(&self.taps);
                 super::cpu::solve::solve(x, &mut out, (d.c, h, w), &geo, filters, false)?;
                 CpuStorage::F32(out)

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::grid::{fill_padding, lanes_to_rows, rows_to_lanes, Geometry, Grid};
 use super::kernel::{forward_column, inverse_column};
 use super::{pool, GROUP};
-use crate::ops::cpu::simd::{simd_fn, Isa, Simd, V};
+use crate::ops::cpu::simd::{simd_fn, Isa, Simd, LANES, V};
 use crate::ops::cpu::solve_grad::{Dims, Wanted};
 use crate::ops::profile::{self, OpKind};
 
@@ -106,27 +106,42 @@ pub(crate) fn forward(x: &[f32], g: &[f32], out: &mut [f32], d: Dims, geo: &Geom
 }
 
 /// The group's transfer functions in the lane layout, `(re, im)` of the a-channels' and the
-/// b-channels' filters per phase and frequency of the half grid, scaled by `norm`.
-fn lane_filters(job: &Job, geo: &Geometry, norm: f32, g: &mut [Vec<V>; 4]) {
+/// b-channels' filters per phase and frequency of the half grid, scaled by `norm`: eight
+/// frequencies of the eight channels of a parity at a time, through one transpose.
+#[inline(always)]
+fn lane_filters<S: Simd>(s: S, job: &Job, geo: &Geometry, norm: f32, g: &mut [Vec<V>; 4]) {
     let half = geo.hp * (geo.wp / 2 + 1);
     let phases = geo.s * geo.s;
     if job.count < GROUP {
         g.iter_mut().for_each(|g| g.fill(V::default()));
     }
-    // Frequency by frequency, so that each vector is written whole before the next.
     let [ga_re, ga_im, gb_re, gb_im] = g;
     for ph in 0..phases {
         let (at, to) = (ph * 2 * half, ph * half);
-        for k in 0..half {
-            let (ar, ai) = (&mut ga_re[to + k].0, &mut ga_im[to + k].0);
-            let (br, bi) = (&mut gb_re[to + k].0, &mut gb_im[to + k].0);
-            for (q, gq) in job.g.iter().enumerate() {
-                let (r, i) = (gq[at + k] * norm, gq[at + half + k] * norm);
-                let l = q / 2;
-                if q % 2 == 0 {
-                    (ar[l], ai[l]) = (r, i);
-                } else {
-                    (br[l], bi[l]) = (r, i);
+        for (parity, (dst_re, dst_im)) in [(0, (&mut *ga_re, &mut *ga_im)), (1, (gb_re, gb_im))] {
+            // Lane `l`: channel `2l + parity`.
+            let chans: Vec<&[f32]> = job.g.iter().skip(parity).step_by(2).copied().collect();
+            for (from, dst) in [
+                (at, &mut dst_re[to..][..half]),
+                (at + half, &mut dst_im[to..][..half]),
+            ] {
+                let mut k = 0;
+                while k + LANES <= half {
+                    // A loop, not a closure, so that it keeps the caller's target features.
+                    let mut rows = [V::default(); LANES];
+                    for (row, c) in rows.iter_mut().zip(&chans) {
+                        let mut v = V::default();
+                        v.0.copy_from_slice(&c[from + k..][..LANES]);
+                        *row = s.scale(v, norm);
+                    }
+                    let cols = s.transpose(rows);
+                    dst[k..k + LANES].copy_from_slice(&cols);
+                    k += LANES;
+                }
+                for (k, d) in dst.iter_mut().enumerate().skip(k) {
+                    for (l, c) in chans.iter().enumerate() {
+                        d.0[l] = c[from + k] * norm;
+                    }
                 }
             }
         }
@@ -143,7 +158,7 @@ simd_fn! {
         let count = job.count;
         let mut grid = Grid::new(geo, pool());
         let mut g: [Vec<V>; 4] = std::array::from_fn(|_| pool().take(half));
-        lane_filters(job, geo, 1.0 / n as f32, &mut g);
+        lane_filters(s, job, geo, 1.0 / n as f32, &mut g);
         // The filtered spectrum: every point is `k` or `mk` of exactly one `(u, v)`.
         let (mut zr, mut zi) = (pool().take(n), pool().take(n));
         {
@@ -202,7 +217,7 @@ pub(crate) fn backward(
     let (plane, wq) = (h * w, wp / 2 + 1);
     let block = s * s * 2 * hp * wq;
     let _t = profile::time(OpKind::Fft, || geo.flops(d.n * d.c) * 1.5);
-    let mut dx = vec![0f32; if want.dx { d.n * d.c * plane } else { 0 }];
+    let mut dx = crate::alloc::zeros_to_overwrite(if want.dx { d.n * d.c * plane } else { 0 });
     let groups = d.c.div_ceil(GROUP);
     let mut dx_groups: Vec<Option<&mut [f32]>> = Vec::with_capacity(d.n * groups);
     if want.dx {
@@ -292,7 +307,7 @@ simd_fn! {
         };
         if want.dx {
             // The inverse's 1 / (hp wp) folded in.
-            lane_filters(job, geo, 1.0 / n as f32, &mut b.g);
+            lane_filters(s, job, geo, 1.0 / n as f32, &mut b.g);
         }
         let Grid { re, im, line_re, line_im, scratch, .. } = &mut b.grid;
         let (xr, xi): (&[V], &[V]) = match kept {
