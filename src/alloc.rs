@@ -286,9 +286,9 @@ pub fn keep_freed_blocks() -> bool {
 mod tests {
     use super::*;
 
-    /// The `VmFlags` of the mapping holding `p`, from `/proc/self/smaps`.
+    /// The field `name` of the mapping holding `p`, from `/proc/self/smaps`.
     #[cfg(target_os = "linux")]
-    fn vm_flags(p: usize) -> Option<String> {
+    fn smaps_field(p: usize, name: &str) -> Option<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         let mut inside = false;
         for line in smaps.lines() {
@@ -296,7 +296,7 @@ mod tests {
                 .split_whitespace()
                 .next()
                 .and_then(|r| r.split_once('-'));
-            if let Some((a, b)) = range.filter(|_| !line.starts_with("VmFlags")) {
+            if let Some((a, b)) = range {
                 if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
                 {
                     inside = (a..b).contains(&p);
@@ -304,12 +304,29 @@ mod tests {
                 }
             }
             if inside {
-                if let Some(flags) = line.strip_prefix("VmFlags:") {
-                    return Some(flags.trim().to_owned());
+                if let Some(value) = line.strip_prefix(name).and_then(|l| l.strip_prefix(':')) {
+                    return Some(value.trim().to_owned());
                 }
             }
         }
         None
+    }
+
+    /// The `VmFlags` of the mapping holding `p`.
+    #[cfg(target_os = "linux")]
+    fn vm_flags(p: usize) -> Option<String> {
+        smaps_field(p, "VmFlags")
+    }
+
+    /// The pages of the mapping holding `p` backed by memory of their own, in KiB (`Rss`,
+    /// which does not count the shared zero page).
+    #[cfg(target_os = "linux")]
+    fn rss_kib(p: usize) -> Option<usize> {
+        smaps_field(p, "Rss")?
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -370,33 +387,6 @@ mod tests {
             assert_eq!(q, p);
             a.dealloc(q, layout);
         }
-    }
-
-    /// The pages of the mapping holding `p` that are backed by memory of their own (`Rss`
-    /// less the shared zero page's, which `smaps` does not count), in KiB.
-    #[cfg(target_os = "linux")]
-    fn rss_kib(p: usize) -> Option<usize> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_whitespace()
-                .next()
-                .and_then(|r| r.split_once('-'));
-            if let Some((a, b)) = range {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                {
-                    inside = (a..b).contains(&p);
-                    continue;
-                }
-            }
-            if inside {
-                if let Some(kib) = line.strip_prefix("Rss:") {
-                    return kib.trim().trim_end_matches("kB").trim().parse().ok();
-                }
-            }
-        }
-        None
     }
 
     /// A large zeroed block is a fresh mapping: it reads as zeros without taking memory, keeps

@@ -536,37 +536,52 @@ impl Plan {
                         (re[w], im[w]) = (s.sub($cr, $di), s.add($ci, $dr));
                     }};
                 }
-                // The small primes: the arithmetic of the general case below, operation for
+                // The sums and differences of the conjugate pairs `(j, p - j)` into `a` and `b`
+                // (`h` of each), `X_0` written; gives `x_0`.
+                macro_rules! pairs {
+                    ($ar:expr, $ai:expr, $br:expr, $bi:expr, $h:expr) => {{
+                        let (x0r, x0i) = get!(0);
+                        let (mut sr, mut si) = (x0r, x0i);
+                        for j in 0..$h {
+                            let ((ur, ui), (wr, wi)) = (get!(j + 1), get!(p - 1 - j));
+                            $ar[j] = s.add(ur, wr);
+                            $ai[j] = s.add(ui, wi);
+                            $br[j] = s.sub(ur, wr);
+                            $bi[j] = s.sub(ui, wi);
+                            sr = s.add(sr, $ar[j]);
+                            si = s.add(si, $ai[j]);
+                        }
+                        re[base] = sr;
+                        im[base] = si;
+                        (x0r, x0i)
+                    }};
+                }
+                // Row `k` of the tables against `a` and `b`, written as `X_{k+1}` and `X_{p-k-1}`.
+                macro_rules! row {
+                    ($k:expr, $x0:expr, $ar:expr, $ai:expr, $br:expr, $bi:expr, $h:expr) => {{
+                        let (k, h) = ($k, $h);
+                        let (c, sn) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
+                        let (mut cr, mut ci, mut dr, mut di) =
+                            ($x0.0, $x0.1, V::default(), V::default());
+                        for j in 0..h {
+                            cr = s.madd(cr, $ar[j], c[j]);
+                            ci = s.madd(ci, $ai[j], c[j]);
+                            dr = s.madd(dr, $br[j], sn[j]);
+                            di = s.madd(di, $bi[j], sn[j]);
+                        }
+                        put!(k, cr, ci, dr, di);
+                    }};
+                }
+                // The small primes: the general case's arithmetic below, operation for
                 // operation (so the same bits), on the stack with constant bounds, unrolled.
                 macro_rules! fixed {
                     ($h:literal) => {{
                         const H: usize = $h;
                         let z = V::default();
                         let (mut ar, mut ai, mut br, mut bi) = ([z; H], [z; H], [z; H], [z; H]);
-                        let (x0r, x0i) = get!(0);
-                        let (mut sr, mut si) = (x0r, x0i);
-                        for j in 0..H {
-                            let ((ur, ui), (wr, wi)) = (get!(j + 1), get!(2 * H - j));
-                            ar[j] = s.add(ur, wr);
-                            ai[j] = s.add(ui, wi);
-                            br[j] = s.sub(ur, wr);
-                            bi[j] = s.sub(ui, wi);
-                            sr = s.add(sr, ar[j]);
-                            si = s.add(si, ai[j]);
-                        }
-                        re[base] = sr;
-                        im[base] = si;
-                        let (cos, sin) = (&odd.cos[..H * H], &odd.sin[..H * H]);
+                        let x0 = pairs!(ar, ai, br, bi, H);
                         for k in 0..H {
-                            let (c, sn) = (&cos[k * H..][..H], &sin[k * H..][..H]);
-                            let (mut cr, mut ci, mut dr, mut di) = (x0r, x0i, z, z);
-                            for j in 0..H {
-                                cr = s.madd(cr, ar[j], c[j]);
-                                ci = s.madd(ci, ai[j], c[j]);
-                                dr = s.madd(dr, br[j], sn[j]);
-                                di = s.madd(di, bi[j], sn[j]);
-                            }
-                            put!(k, cr, ci, dr, di);
+                            row!(k, x0, ar, ai, br, bi, H);
                         }
                     }};
                 }
@@ -580,25 +595,12 @@ impl Plan {
                         _ => unreachable!("no unrolled butterfly for {p}"),
                     }
                 }
-                // A direct DFT over the conjugate pairs `(j, p - j)`: their sums and
-                // differences first, then two rows of the tables at a time.
+                // The direct DFT: the pairs into scratch, then two rows of the tables at a time.
                 let h = (p - 1) / 2;
                 let (ar, rest) = scratch.split_at_mut(h);
                 let (ai, rest) = rest.split_at_mut(h);
                 let (br, bi) = rest.split_at_mut(h);
-                let (x0r, x0i) = get!(0);
-                let (mut sr, mut si) = (x0r, x0i);
-                for j in 0..h {
-                    let ((ur, ui), (wr, wi)) = (get!(j + 1), get!(p - 1 - j));
-                    ar[j] = s.add(ur, wr);
-                    ai[j] = s.add(ui, wi);
-                    br[j] = s.sub(ur, wr);
-                    bi[j] = s.sub(ui, wi);
-                    sr = s.add(sr, ar[j]);
-                    si = s.add(si, ai[j]);
-                }
-                re[base] = sr;
-                im[base] = si;
+                let (x0r, x0i) = pairs!(ar, ai, br, bi, h);
                 let (ar, ai, br, bi) = (&ar[..h], &ai[..h], &br[..h], &bi[..h]);
                 // Eight independent sums.
                 let mut k = 0;
@@ -623,15 +625,7 @@ impl Plan {
                     k += 2;
                 }
                 if k < h {
-                    let (c, sn) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
-                    let (mut cr, mut ci, mut dr, mut di) = (x0r, x0i, V::default(), V::default());
-                    for j in 0..h {
-                        cr = s.madd(cr, ar[j], c[j]);
-                        ci = s.madd(ci, ai[j], c[j]);
-                        dr = s.madd(dr, br[j], sn[j]);
-                        di = s.madd(di, bi[j], sn[j]);
-                    }
-                    put!(k, cr, ci, dr, di);
+                    row!(k, (x0r, x0i), ar, ai, br, bi, h);
                 }
             }
         }
