@@ -87,8 +87,8 @@ fn lanes() {
     println!("one group's FFTs at 3004 x 4006: direct {d:.0} ms, as planned {u:.0} ms");
 }
 
-/// Nanoseconds per point and `log2(n)` of one transform of length `n`: the best of three
-/// batches of about 10 ms.
+/// Nanoseconds per `n log2(n)` of one transform of length `n`: the best of three batches of
+/// about 10 ms.
 fn quick_ns(n: usize) -> f64 {
     let mut fft = LaneFft::new(n);
     let mut batch = |reps: usize| {

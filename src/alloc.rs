@@ -79,11 +79,10 @@ fn map_zeroed(layout: Layout) -> Option<*mut u8> {
         if head > 0 {
             libc::munmap(p, head);
         }
-        if HUGE_PAGE - head > 0 {
-            libc::munmap((start + len) as *mut libc::c_void, HUGE_PAGE - head);
-        }
-        libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        // The tail: the rest of the extra huge page (all of it when the head is empty).
+        libc::munmap((start + len) as *mut libc::c_void, HUGE_PAGE - head);
         mapped[slot] = start;
+        advise(start as *mut u8, len);
         Some(start as *mut u8)
     }
 }
@@ -91,15 +90,6 @@ fn map_zeroed(layout: Layout) -> Option<*mut u8> {
 #[cfg(not(target_os = "linux"))]
 fn map_zeroed(_: Layout) -> Option<*mut u8> {
     None
-}
-
-/// `n` zeros from the allocator's ordinary path (in a training loop, memory the heap reuses),
-/// filled here: for a buffer written over at once, whose freshly mapped zero pages the kernel
-/// would have to clear again on the first write.
-pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    v.resize(n, 0.0);
-    v
 }
 
 /// Unmaps `p` if [`map_zeroed`] made it; returns whether it did.
@@ -121,6 +111,15 @@ fn unmap_zeroed(p: *mut u8, layout: Layout) -> bool {
         );
     }
     true
+}
+
+/// `n` zeros from the allocator's ordinary path (in a training loop, memory the heap reuses),
+/// filled here: for a buffer written over at once, whose freshly mapped zero pages the kernel
+/// would have to clear again on the first write.
+pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0.0);
+    v
 }
 
 /// Blocks from this size on (glibc's largest `M_MMAP_THRESHOLD`, always mapped afresh by it)

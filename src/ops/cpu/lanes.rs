@@ -7,8 +7,8 @@
 //! `p - 1` by a sub-plan of that length, where `p - 1` has no prime factor above
 //! [`RADER_ABOVE`]; the others above [`BLUESTEIN_ABOVE`] take Bluestein's, a convolution by a
 //! sub-plan of length `2^a` or `3 x 2^a`, and the rest the direct DFT. So every length is
-//! O(n log n)//! and the tables O(n). rustfft handles one transform at a time; here every operation works on
-//! `LANES` values, whatever the factors. The CPU's fused Converse2D solve
+//! O(n log n) and the tables O(n). rustfft handles one transform at a time; here every
+//! operation works on `LANES` values, whatever the factors. The CPU's fused Converse2D solve
 //! ([`crate::ops::cpu::solve`]) is its only user.
 
 use std::f64::consts::PI;
@@ -19,7 +19,7 @@ use crate::ops::cpu::simd::{simd_fn, Simd, V};
 
 /// Primes above this take Rader's algorithm where `p - 1` has no prime factor above it (so
 /// its sub-plan is direct): the direct DFT's O(p²) is as fast up to about here (`cargo bench
-/// --bench ops -- lanes` prints both per length).
+/// --bench ops -- lanes` prints the direct DFT, Rader's and Bluestein's per length).
 const RADER_ABOVE: usize = 90;
 
 /// Other primes above this take Bluestein's algorithm, the rest the direct DFT.
