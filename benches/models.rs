@@ -9,7 +9,11 @@
 //! ```sh
 //! cargo bench --bench models                     # all cases
 //! cargo bench --bench models -- dncnn256 sr128   # some
+//! cargo bench --bench models -- conversenet@4000x3000   # a model at any input size (W x H)
 //! ```
+//!
+//! The profile counts, besides each op kind, the solve's passes along the grid's rows and along
+//! its columns (ns per grid point of one group of 16 channels).
 //!
 //! Environment: `CONVERSE_WEIGHTS` (default `../shared/weights`), `CONVERSE_BENCH_JSON` (default
 //! `target/bench/models.json`), `CONVERSE_BENCH_REPS` (warm passes, default 3),
@@ -37,7 +41,49 @@ const CASES: [(&str, ModelKind, usize, usize); 5] = [
     ("usrnet256", ModelKind::USRNet, 3, 256),
 ];
 
+/// The models a case named `model@WxH` may name, with their input channels.
+const MODELS: [(&str, ModelKind, usize); 4] = [
+    ("dncnn", ModelKind::DnCNN, 1),
+    ("sr", ModelKind::SRResNet, 3),
+    ("conversenet", ModelKind::ConverseNet, 3),
+    ("usrnet", ModelKind::USRNet, 3),
+];
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// One case: `(name, model, channels, (h, w))`, and whether the official script knows it.
+struct Case {
+    name: String,
+    kind: ModelKind,
+    c: usize,
+    hw: (usize, usize),
+    listed: bool,
+}
+
+/// The case a command-line name picks: one of [`CASES`], or `model@WxH`.
+fn case(name: &str) -> Res<Case> {
+    if let Some(&(_, kind, c, side)) = CASES.iter().find(|c| c.0 == name) {
+        return Ok(Case {
+            name: name.into(),
+            kind,
+            c,
+            hw: (side, side),
+            listed: true,
+        });
+    }
+    let bad = || format!("unknown case {name}: one of the listed ones, or model@WxH");
+    let (model, size) = name.split_once('@').ok_or_else(bad)?;
+    let &(_, kind, c) = MODELS.iter().find(|m| m.0 == model).ok_or_else(bad)?;
+    let (w, h) = size.split_once('x').ok_or_else(bad)?;
+    let hw = (h.parse().map_err(|_| bad())?, w.parse().map_err(|_| bad())?);
+    Ok(Case {
+        name: name.into(),
+        kind,
+        c,
+        hw,
+        listed: false,
+    })
+}
 
 /// The binary's allocator, so that the in-process passes fault memory in as `converse` does.
 #[global_allocator]
@@ -114,17 +160,19 @@ fn weights_dir() -> PathBuf {
 
 /// Runs one case in this process and returns its JSON object.
 fn child(name: &str) -> Res<String> {
-    let &(_, kind, c, side) = CASES
-        .iter()
-        .find(|c| c.0 == name)
-        .ok_or_else(|| format!("unknown case {name}"))?;
+    let Case {
+        kind,
+        c,
+        hw: (h, w),
+        ..
+    } = case(name)?;
     let reps: usize = std::env::var("CONVERSE_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let dev = Device::Cpu;
     let model = WeightsLocator::new(Some(&weights_dir())).load(kind, DType::F32, &dev)?;
-    let x = Tensor::rand(0f32, 1.0, (1, c, side, side), &dev)?;
+    let x = Tensor::rand(0f32, 1.0, (1, c, h, w), &dev)?;
     let k = kind
         .info()
         .takes_kernel
@@ -152,6 +200,9 @@ fn child(name: &str) -> Res<String> {
         counted += secs;
         let rate = match kind {
             OpKind::NormAct => format!("\"ns_per_value\": {:.3}", secs * 1e9 / work.max(1.0)),
+            OpKind::Rows | OpKind::Columns => {
+                format!("\"ns_per_point\": {:.3}", secs * 1e9 / work.max(1.0))
+            }
             OpKind::Transfer => format!("\"share\": {:.3}", secs / total),
             _ => format!("\"gflops\": {:.2}", work / secs.max(1e-12) * 1e-9),
         };
@@ -171,10 +222,14 @@ fn child(name: &str) -> Res<String> {
         times.push(s.elapsed().as_secs_f64() * 1e3);
     }
     Ok(format!(
-        "{{\"case\": \"{name}\", \"model\": \"{kind}\", \"input\": [1, {c}, {side}, {side}], \
+        "{{\"case\": \"{name}\", \"model\": \"{kind}\", \"input\": [1, {c}, {h}, {w}], \
          \"ms_per_image\": {:.1}, \"times_ms\": {times:.1?}, \"first_ms\": {:.1}, \
          \"first_ops\": {{{ops}}}, \"peak_rss_mb\": {:.0}}}",
-        median(times.clone()),
+        if times.is_empty() {
+            total * 1e3
+        } else {
+            median(times.clone())
+        },
         total * 1e3,
         vm_hwm_mb()
     ))
@@ -210,22 +265,22 @@ fn measure(cmd: &mut Command) -> Res<(f64, f64, String)> {
 }
 
 /// The case's input image, written once under `target/bench`.
-fn input_image(name: &str, c: usize, side: usize) -> Res<PathBuf> {
+fn input_image(name: &str, c: usize, (h, w): (usize, usize)) -> Res<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{name}.png"));
     let v = |x: usize, y: usize, ch: usize| {
-        let (fx, fy) = (x as f32 / side as f32, y as f32 / side as f32);
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
         let t = ((x * 7 + y * 13 + ch * 5) % 23) as f32 / 23.0;
         let v = 0.5 + 0.3 * (6.0 * fx + ch as f32).sin() * (4.0 * fy).cos() + 0.1 * t;
         (v.clamp(0.0, 1.0) * 255.0) as u8
     };
-    let s = side as u32;
+    let (h, w) = (h as u32, w as u32);
     if c == 1 {
-        image::GrayImage::from_fn(s, s, |x, y| image::Luma([v(x as usize, y as usize, 0)]))
+        image::GrayImage::from_fn(w, h, |x, y| image::Luma([v(x as usize, y as usize, 0)]))
             .save(&path)?;
     } else {
-        image::RgbImage::from_fn(s, s, |x, y| {
+        image::RgbImage::from_fn(w, h, |x, y| {
             let (x, y) = (x as usize, y as usize);
             image::Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)])
         })
@@ -236,17 +291,25 @@ fn input_image(name: &str, c: usize, side: usize) -> Res<PathBuf> {
 
 /// Cold rounds of `converse restore` on one image, each beside the official forward pass when
 /// configured; returns the JSON fields and prints a line.
-fn cold(name: &str, kind: ModelKind, c: usize, side: usize) -> Res<String> {
+fn cold(case: &Case) -> Res<String> {
+    let Case {
+        ref name,
+        kind,
+        c,
+        hw,
+        listed,
+    } = *case;
     let rounds: usize = std::env::var("CONVERSE_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let input = input_image(name, c, side)?;
+    let input = input_image(name, c, hw)?;
     let output = input.with_file_name(format!("{name}-out.png"));
     let task = kind.info().task.name();
     let official = std::env::var("CONVERSE_OFFICIAL")
         .ok()
-        .zip(std::env::var("CONVERSE_OFFICIAL_SCRIPT").ok());
+        .zip(std::env::var("CONVERSE_OFFICIAL_SCRIPT").ok())
+        .filter(|_| listed);
     let (mut ours, mut ours_rss, mut theirs, mut theirs_rss, mut ratios) =
         (vec![], 0f64, vec![], 0f64, vec![]);
     for _ in 0..rounds {
@@ -281,6 +344,9 @@ fn cold(name: &str, kind: ModelKind, c: usize, side: usize) -> Res<String> {
             theirs_rss = theirs_rss.max(rss);
             ratios.push(ms / (wall * 1e3));
         }
+    }
+    if ours.is_empty() {
+        return Ok("\"restore_ms\": null".into());
     }
     let mut line = format!(
         "{name:>14}  converse restore (whole command, cold): {:.0} ms [{:.0}-{:.0}], peak {ours_rss:.0} MiB",
@@ -322,17 +388,19 @@ fn main() -> Res<()> {
             return Ok(());
         }
     }
-    let picked: Vec<_> = CASES
-        .iter()
-        .filter(|c| args.is_empty() || args.iter().any(|a| a == c.0))
-        .collect();
+    let picked = if args.is_empty() {
+        CASES.iter().map(|c| case(c.0)).collect::<Res<Vec<_>>>()?
+    } else {
+        args.iter().map(|a| case(a)).collect::<Res<Vec<_>>>()?
+    };
     let prims = primitives()?;
     for (k, v, what) in &prims {
         println!("{k:>12} {v:8.1}   {what}");
     }
     let mut cases = vec![];
-    for &&(name, kind, c, side) in &picked {
-        let cold = cold(name, kind, c, side)?;
+    for case in &picked {
+        let name = &case.name;
+        let cold = cold(case)?;
         let out = Command::new(std::env::current_exe()?)
             .args(["--child", name])
             .output()?;

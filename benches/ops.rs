@@ -2,8 +2,9 @@
 //! has ([`converse::ops::simd_level`]):
 //! - `lanes`: the lane FFT per length, and the direct DFT, Rader's and Bluestein's algorithms
 //!   for lengths with one large prime factor (which one the solve takes is marked);
-//! - `solve`: one group's solve at scale 1 (256 x 256, padding 2 and 6), its transfer functions
-//!   made while solving;
+//! - `solve`: one group's solve at scale 1 (256 x 256, padding 2 and 6; `SOLVE=HxW+P,...` for
+//!   others), its transfer functions made while solving, with the time per grid point of its
+//!   passes along the rows and along the columns;
 //! - `scaled`: one group's transfer functions at scale 2 (the SR upsamplers: kernel 2);
 //! - `transfer`: one group's transfer-function columns at scale 1 in f64, per kernel size;
 //! - `sweep`: the lane FFT at every length from 64 to 8192 (`SWEEP=LO..HI` for others), its
@@ -19,8 +20,13 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use converse::ops::bench::{factors, GroupSolve, LaneFft, ScaledBuild, TransferColumns};
+use converse::ops::profile::{self, OpKind};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The binary's allocator, so that large grids take huge pages as in `converse`.
+#[global_allocator]
+static ALLOC: converse::alloc::Allocator = converse::alloc::Allocator;
 
 /// Seconds per call of `f`: the best of three batches of about 0.1 s each (the machine may be
 /// busy), after one call to warm up.
@@ -143,10 +149,43 @@ fn sweep() -> Res<()> {
 }
 
 fn solve() -> Res<()> {
-    for (side, pad) in [(256, 2), (256, 6)] {
-        let mut g = GroupSolve::new(side, pad, 3)?;
+    let sizes = match std::env::var("SOLVE") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| -> Option<(usize, usize, usize)> {
+                let (hw, pad) = s.split_once('+')?;
+                let (h, w) = hw.split_once('x')?;
+                Some((h.parse().ok()?, w.parse().ok()?, pad.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or("SOLVE is a list of HxW+PAD")?,
+        Err(_) => vec![(256, 256, 2), (256, 256, 6)],
+    };
+    // The profile counts a pass's time over the pool's threads; one group runs on one.
+    let threads = rayon::current_num_threads() as f64;
+    for (h, w, pad) in sizes {
+        let mut g = GroupSolve::new((h, w), pad, 3)?;
+        profile::reset();
+        profile::enable(true);
         let ms = per_call(|reps| (0..reps).for_each(|_| g.run())) * 1e3;
-        println!("{side}+2*{pad}: {ms:.2} ms per group (transfer functions made while solving)");
+        profile::enable(false);
+        let snap = profile::snapshot();
+        let pass = |k: OpKind| {
+            let (secs, work) = snap[k as usize];
+            secs * threads * 1e9 / work.max(1.0)
+        };
+        let share = |k: OpKind| {
+            snap[k as usize].0 * threads / (snap.iter().map(|s| s.0).sum::<f64>() * threads)
+        };
+        println!(
+            "{h}x{w}+2*{pad} ({:?} x {:?}): {ms:.2} ms per group; rows {:.2} ns per point, \
+             columns {:.2} (transfer functions made while solving: {:.0}% of the group)",
+            factors(h + 2 * pad),
+            factors(w + 2 * pad),
+            pass(OpKind::Rows),
+            pass(OpKind::Columns),
+            share(OpKind::Transfer) * 100.0
+        );
     }
     Ok(())
 }

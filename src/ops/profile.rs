@@ -16,10 +16,23 @@ pub enum OpKind {
     NormAct,
     /// Building Converse2D transfer functions; work in frequencies built.
     Transfer,
+    /// The solve's passes along the grid's rows (the forward transforms, and the inverse ones
+    /// with the crop's GELU); work in grid points passed over.
+    Rows,
+    /// The solve's passes along the grid's columns (gather, forward transform, filter, inverse
+    /// transform, scatter); work in grid points passed over.
+    Columns,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 4] = [Self::Gemm, Self::Fft, Self::NormAct, Self::Transfer];
+    pub const ALL: [OpKind; 6] = [
+        Self::Gemm,
+        Self::Fft,
+        Self::NormAct,
+        Self::Transfer,
+        Self::Rows,
+        Self::Columns,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -27,13 +40,15 @@ impl OpKind {
             Self::Fft => "fft",
             Self::NormAct => "norm_act",
             Self::Transfer => "transfer",
+            Self::Rows => "rows",
+            Self::Columns => "columns",
         }
     }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
-static WORK: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static NANOS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static WORK: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 /// Turns the timers on or off.
 pub fn enable(on: bool) {
@@ -48,7 +63,7 @@ pub fn reset() {
 }
 
 /// Seconds and work counted per kind since the last [`reset`], in [`OpKind::ALL`] order.
-pub fn snapshot() -> [(f64, f64); 4] {
+pub fn snapshot() -> [(f64, f64); 6] {
     OpKind::ALL.map(|k| {
         let i = k as usize;
         (
@@ -59,13 +74,13 @@ pub fn snapshot() -> [(f64, f64); 4] {
 }
 
 thread_local! {
-    /// Time counted by [`time_nested`] regions on this thread, for the region around them to
+    /// Time counted by the regions that ended on this thread, for a region around them to
     /// leave out.
-    static NESTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static INNER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Times a region until dropped, adding `work` units to `kind`. Regions nest only through
-/// [`time_nested`].
+/// Times a region until dropped, adding `work` units to `kind`. Regions nest: a region counts
+/// its own time only, the regions inside it on its thread left out.
 pub struct Timer(Option<TimerState>);
 
 struct TimerState {
@@ -73,31 +88,29 @@ struct TimerState {
     work: u64,
     start: Instant,
     share: u64,
-    /// [`NESTED`] at the start (outer regions), or `None` (a nested one).
-    nested_at_start: Option<u64>,
+    /// [`INNER`] at the start.
+    inner_at_start: u64,
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
         if let Some(t) = &self.0 {
-            let mut nanos = t.start.elapsed().as_nanos() as u64 / t.share;
-            match t.nested_at_start {
-                Some(n0) => nanos = nanos.saturating_sub(NESTED.with(|n| n.get()) - n0),
-                None => NESTED.with(|n| n.set(n.get() + nanos)),
-            }
-            NANOS[t.kind as usize].fetch_add(nanos, Ordering::Relaxed);
+            let whole = t.start.elapsed().as_nanos() as u64 / t.share;
+            let inner = INNER.with(|n| n.get()) - t.inner_at_start;
+            INNER.with(|n| n.set(t.inner_at_start + whole));
+            NANOS[t.kind as usize].fetch_add(whole.saturating_sub(inner), Ordering::Relaxed);
             WORK[t.kind as usize].fetch_add(t.work, Ordering::Relaxed);
         }
     }
 }
 
-fn start(kind: OpKind, work: impl FnOnce() -> f64, share: u64, nested: bool) -> Timer {
+fn start(kind: OpKind, work: impl FnOnce() -> f64, share: u64) -> Timer {
     Timer(ENABLED.load(Ordering::Relaxed).then(|| TimerState {
         kind,
         work: work() as u64,
         start: Instant::now(),
         share,
-        nested_at_start: (!nested).then(|| NESTED.with(|n| n.get())),
+        inner_at_start: INNER.with(|n| n.get()),
     }))
 }
 
@@ -106,25 +119,13 @@ fn start(kind: OpKind, work: impl FnOnce() -> f64, share: u64, nested: bool) -> 
 /// kinds' times still add up to the wall time.
 #[inline]
 pub fn time_shared(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
-    start(
-        kind,
-        work,
-        rayon::current_num_threads().max(1) as u64,
-        false,
-    )
-}
-
-/// A [`time_shared`] region inside another one on this thread: its time counts for `kind` and
-/// not for the region around it.
-#[inline]
-pub fn time_nested(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
-    start(kind, work, rayon::current_num_threads().max(1) as u64, true)
+    start(kind, work, rayon::current_num_threads().max(1) as u64)
 }
 
 /// Starts a [`Timer`] for `kind` (a no-op while the timers are off).
 #[inline]
 pub fn time(kind: OpKind, work: impl FnOnce() -> f64) -> Timer {
-    start(kind, work, 1, false)
+    start(kind, work, 1)
 }
 
 /// Nominal flops of a real 2-D FFT round trip over `planes` planes of `h x w`.

@@ -98,13 +98,14 @@ pub struct GroupSolve {
 }
 
 impl GroupSolve {
-    pub fn new(side: usize, pad: usize, k: usize) -> Result<Self> {
-        let geo = Geometry::new((side, side), pad, 1, PaddingMode::Circular);
+    /// One group of `h x w` planes padded by `pad`, kernels `k x k`.
+    pub fn new((h, w): (usize, usize), pad: usize, k: usize) -> Result<Self> {
+        let geo = Geometry::new((h, w), pad, 1, PaddingMode::Circular);
         let pool = Pool::default();
         Ok(Self {
             grid: Grid::new(&geo, &pool),
             taps: taps(k)?,
-            planes: vec![0.5; GROUP * side * side],
+            planes: vec![0.5; GROUP * h * w],
             geo,
             pool,
         })

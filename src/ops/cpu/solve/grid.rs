@@ -8,6 +8,11 @@ use crate::ops::cpu::simd::{simd_fn, LANES, V};
 use crate::ops::pad::PaddingMode;
 use crate::ops::profile;
 
+/// Columns the scale-1 column pass gathers at once: each row of the grid then gives a run of
+/// `BLOCK` vectors (whole cache lines) rather than one, and the block stays in cache while its
+/// columns are transformed, filtered and transformed back.
+pub(super) const BLOCK: usize = 4;
+
 /// The geometry of one solve: input planes `(h, w)` padded by `pad` to `(hp, wp)`, solved on
 /// that grid (one phase at a time at scale `s`) and cropped to `(s*h, s*w)`.
 #[derive(Debug)]
@@ -84,6 +89,11 @@ pub(crate) struct Grid {
     /// At scale 1, the spectra of a column pair `(v, -v)`, one after the other.
     pub(super) pair_re: Vec<V>,
     pub(super) pair_im: Vec<V>,
+    /// At scale 1, a block of up to [`BLOCK`] columns and the block of their mirrors, gathered
+    /// row by row: row `i` of column `b` of a block of `nb` at `i * nb + b`, the mirrors' after
+    /// `BLOCK * hp`.
+    pub(super) block_re: Vec<V>,
+    pub(super) block_im: Vec<V>,
     pub(super) scratch: Vec<V>,
     /// A frequency column of a transfer function made while solving.
     pub(super) column: Vec<V>,
@@ -93,6 +103,7 @@ impl Grid {
     pub(crate) fn new(geo: &Geometry, pool: &Pool) -> Self {
         let n = geo.hp * geo.wp;
         let (phase, pair) = if geo.s > 1 { (n, 0) } else { (0, 2 * geo.hp) };
+        let block = if geo.s > 1 { 0 } else { 2 * BLOCK * geo.hp };
         let line = geo.hp.max(geo.wp);
         let scratch = geo.plan_h.scratch_len().max(geo.plan_w.scratch_len());
         Self {
@@ -104,6 +115,8 @@ impl Grid {
             line_im: vec![V::default(); line],
             pair_re: vec![V::default(); pair],
             pair_im: vec![V::default(); pair],
+            block_re: vec![V::default(); block],
+            block_im: vec![V::default(); block],
             scratch: vec![V::default(); scratch],
             column: vec![V::default(); 4 * geo.hp],
         }

@@ -2,7 +2,7 @@
 //! transforms (of the rows the crop keeps only) and the crop, through GELU when asked.
 
 use super::filters::{lanes_column, FilterRef};
-use super::grid::{lanes_to_rows, Geometry, Grid};
+use super::grid::{lanes_to_rows, Geometry, Grid, BLOCK};
 use super::GROUP;
 use crate::ops::cpu::act::gelu;
 use crate::ops::cpu::simd::{simd_fn, Simd, V};
@@ -53,11 +53,14 @@ simd_fn! {
             line_im,
             pair_re,
             pair_im,
+            block_re,
+            block_im,
             scratch,
             column,
         } = grid;
         let pw = &geo.plan_w;
         // Forward: the rows that are not all zeros, then the columns.
+        let t = profile::time_shared(OpKind::Rows, || (hp * wp) as f64);
         for (i, row) in geo.rows.iter().enumerate() {
             if row.is_some() {
                 pw.forward(s, (re, im), (i * wp, 1), (line_re, line_im), scratch);
@@ -65,6 +68,7 @@ simd_fn! {
                 im[i * wp..][..wp].copy_from_slice(&line_im[..wp]);
             }
         }
+        drop(t);
         let (mut out, count) = match out {
             Some((o, c)) => (Some(o), c),
             None => (None, 0),
@@ -74,46 +78,71 @@ simd_fn! {
             let FilterRef::Columns(made, made_count) = filter else {
                 panic!("at scale 1 the transfer functions are made by column")
             };
-            // Column by column pair (v, -v), which the filter couples: each column is copied
-            // out once, its forward transform, the filter and its inverse run on the pair's
-            // contiguous buffers, and it is copied back.
+            // Column by column pair (v, -v), which the filter couples, in blocks of up to
+            // BLOCK adjacent columns and the block of their mirrors: each block is gathered
+            // row by row, each column's forward transform, the filter and its inverse run on
+            // the pair's contiguous buffers, and the blocks are scattered back.
             let norm = 1.0 / (hp * wp) as f64;
-            for v in 0..wq {
-                let mv = (wp - v) % wp;
-                let cols = if mv == v { &[v][..] } else { &[v, mv][..] };
-                for (t, &j) in cols.iter().enumerate() {
-                    for i in 0..hp {
-                        (line_re[i], line_im[i]) = (re[i * wp + j], im[i * wp + j]);
-                    }
-                    let spectrum = (&mut pair_re[t * hp..][..hp], &mut pair_im[t * hp..][..hp]);
-                    geo.plan_h.forward(s, (line_re, line_im), (0, 1), spectrum, scratch);
+            let t = profile::time_shared(OpKind::Columns, || (hp * wp) as f64);
+            // Columns 1..half have their mirror among half..wp; 0 and wp / 2 (wp even) are
+            // their own.
+            let half = wp.div_ceil(2);
+            let (block_a, block_b) = (block_re.split_at_mut(BLOCK * hp), block_im.split_at_mut(BLOCK * hp));
+            let (a, b) = ((block_a.0, block_b.0), (block_a.1, block_b.1));
+            let mut v0 = 0;
+            while v0 < wq {
+                let paired = v0 > 0 && v0 < half;
+                let v1 = if paired { (v0 + BLOCK).min(half) } else { v0 + 1 };
+                let nb = v1 - v0;
+                gather_columns((re, im), wp, v0, nb, (&mut a.0[..], &mut a.1[..]), hp);
+                if paired {
+                    gather_columns((re, im), wp, wp + 1 - v1, nb, (&mut b.0[..], &mut b.1[..]), hp);
                 }
-                let at = (0, (cols.len() - 1) * hp, 1);
-                let pair = (&mut pair_re[..], &mut pair_im[..]);
-                // Each column of the transfer function used as it is made.
-                let t = profile::time_nested(OpKind::Transfer, || (*made_count * hp) as f64);
-                let width = made.width();
-                lanes_column(column, made.column(v), width, *made_count, norm);
-                drop(t);
-                filter_column(s, geo, (column, 0, 1), v, None, pair, at);
-                for (t, &j) in cols.iter().enumerate() {
-                    // The inverse: the forward transform with the parts swapped.
-                    let spectrum = (&pair_im[t * hp..][..hp], &pair_re[t * hp..][..hp]);
-                    geo.plan_h.forward(s, spectrum, (0, 1), (line_im, line_re), scratch);
-                    for i in 0..hp {
-                        (re[i * wp + j], im[i * wp + j]) = (line_re[i], line_im[i]);
+                for k in 0..nb {
+                    let v = v0 + k;
+                    // The column at k of the first block, its mirror at nb - 1 - k of the second.
+                    let cols: &[(usize, bool)] = if paired { &[(k, false), (nb - 1 - k, true)] } else { &[(k, false)] };
+                    for (t, &(at, mirror)) in cols.iter().enumerate() {
+                        let src = if mirror { (&*b.0, &*b.1) } else { (&*a.0, &*a.1) };
+                        let spectrum = (&mut pair_re[t * hp..][..hp], &mut pair_im[t * hp..][..hp]);
+                        geo.plan_h.forward(s, src, (at, nb), spectrum, scratch);
+                    }
+                    let at = (0, (cols.len() - 1) * hp, 1);
+                    let pair = (&mut pair_re[..], &mut pair_im[..]);
+                    // Each column of the transfer function used as it is made.
+                    let t = profile::time_shared(OpKind::Transfer, || (*made_count * hp) as f64);
+                    let width = made.width();
+                    lanes_column(column, made.column(v), width, *made_count, norm);
+                    drop(t);
+                    filter_column(s, geo, (column, 0, 1), v, None, pair, at);
+                    for (t, &(at, mirror)) in cols.iter().enumerate() {
+                        // The inverse: the forward transform with the parts swapped.
+                        let spectrum = (&pair_im[t * hp..][..hp], &pair_re[t * hp..][..hp]);
+                        geo.plan_h.forward(s, spectrum, (0, 1), (line_im, line_re), scratch);
+                        let (dr, di) = if mirror { (&mut *b.0, &mut *b.1) } else { (&mut *a.0, &mut *a.1) };
+                        for i in 0..hp {
+                            (dr[i * nb + at], di[i * nb + at]) = (line_re[i], line_im[i]);
+                        }
                     }
                 }
+                scatter_columns(geo, (&a.0[..], &a.1[..]), nb, (re, im), v0);
+                if paired {
+                    scatter_columns(geo, (&b.0[..], &b.1[..]), nb, (re, im), wp + 1 - v1);
+                }
+                v0 = v1;
             }
+            drop(t);
             inverse_rows(s, geo, (re, im), (line_re, line_im), scratch, act);
             if let Some(out) = out.as_deref_mut() {
                 store_phase(geo, (re, im), out, count, (0, 0));
             }
             return;
         }
+        let t = profile::time_shared(OpKind::Columns, || (hp * wp) as f64);
         for j in 0..wp {
             forward_column(s, geo, (re, im), j, (line_re, line_im), scratch);
         }
+        drop(t);
         let FilterRef::Phases(g) = filter else {
             panic!("at scale s > 1 the transfer functions are built whole")
         };
@@ -121,6 +150,7 @@ simd_fn! {
         for phase in 0..geo.s * geo.s {
             // Filter from the spectrum into the phase grid, then invert.
             let gp = &g[phase * geo.phase_len()..][..geo.phase_len()];
+            let t = profile::time_shared(OpKind::Columns, || (hp * wp) as f64);
             for v in 0..wq {
                 let src = Some((&**re, &**im));
                 let at = (v, (wp - v) % wp, wp);
@@ -129,12 +159,46 @@ simd_fn! {
             for j in 0..wp {
                 inverse_column(s, geo, (phase_re, phase_im), j, (line_re, line_im), scratch);
             }
+            drop(t);
             inverse_rows(s, geo, (phase_re, phase_im), (line_re, line_im), scratch, act);
             if let Some(out) = out.as_deref_mut() {
                 let (a, b) = (phase / geo.s, phase % geo.s);
                 store_phase(geo, (phase_re, phase_im), out, count, (a, b));
             }
         }
+    }
+}
+
+/// Copies the columns `c0..c0 + nb` of the grid `(re, im)` (`wp` wide, `hp` rows) into a block:
+/// row `i` of column `c0 + b` at `i * nb + b`.
+#[inline(always)]
+fn gather_columns(
+    (re, im): (&[V], &[V]),
+    wp: usize,
+    c0: usize,
+    nb: usize,
+    (br, bi): (&mut [V], &mut [V]),
+    hp: usize,
+) {
+    for i in 0..hp {
+        br[i * nb..][..nb].copy_from_slice(&re[i * wp + c0..][..nb]);
+        bi[i * nb..][..nb].copy_from_slice(&im[i * wp + c0..][..nb]);
+    }
+}
+
+/// Writes a block of [`gather_columns`] back into the columns `c0..c0 + nb` of the grid.
+#[inline(always)]
+fn scatter_columns(
+    geo: &Geometry,
+    (br, bi): (&[V], &[V]),
+    nb: usize,
+    (re, im): (&mut [V], &mut [V]),
+    c0: usize,
+) {
+    let wp = geo.wp;
+    for i in 0..geo.hp {
+        re[i * wp + c0..][..nb].copy_from_slice(&br[i * nb..][..nb]);
+        im[i * wp + c0..][..nb].copy_from_slice(&bi[i * nb..][..nb]);
     }
 }
 
@@ -188,6 +252,7 @@ fn inverse_rows<S: Simd>(
     act: bool,
 ) {
     let (wp, pad, w) = (geo.wp, geo.pad, geo.w);
+    let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
     for i in pad..pad + geo.h {
         let row = i * wp;
         geo.plan_w.forward(
