@@ -113,9 +113,9 @@ fn unmap_zeroed(p: *mut u8, layout: Layout) -> bool {
     true
 }
 
-/// `n` zeros from the allocator's ordinary path (in a training loop, memory the heap reuses),
-/// filled here: for a buffer written over at once, whose freshly mapped zero pages the kernel
-/// would have to clear again on the first write.
+/// `n` zeros from the allocator's ordinary path (a kept block of the same size, or in a
+/// training loop memory the heap reuses), filled here: for a buffer written over at once, whose
+/// freshly mapped zero pages the kernel would have to clear again on the first write.
 pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     v.resize(n, 0.0);
@@ -123,15 +123,20 @@ pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
 }
 
 /// Blocks from this size on (glibc's largest `M_MMAP_THRESHOLD`, always mapped afresh by it)
-/// are kept by [`Allocator`] itself once [`keep_freed_blocks`] is called.
+/// are kept by [`Allocator`] itself once [`reuse_large_blocks`] (or [`keep_freed_blocks`]) is
+/// called.
 pub const KEPT_FROM: usize = 32 << 20;
 
-/// At most this many freed blocks, and this many bytes, are kept; the oldest go first.
+/// At most this many freed blocks, and this many bytes, are kept; the oldest go first. A block
+/// larger than that is kept alone.
 const KEPT_BLOCKS: usize = 16;
 const KEPT_BYTES: usize = 2 << 30;
 
 /// Whether freed blocks of [`KEPT_FROM`] bytes or more are kept for reuse.
 static KEEP: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`keep_freed_blocks`] was called.
+static KEEP_ALL: AtomicBool = AtomicBool::new(false);
 
 /// Blocks as `(address, size, align)`.
 type Blocks = [(usize, usize, usize); KEPT_BLOCKS + 1];
@@ -163,15 +168,11 @@ impl Kept {
         Some(p as *mut u8)
     }
 
-    /// Keeps a block; returns the blocks to free (the oldest ones that no longer fit, or this
-    /// one if it alone is too large) and their count.
+    /// Keeps a block; returns the blocks to free (the oldest ones that no longer fit with it)
+    /// and their count.
     fn keep(&mut self, p: *mut u8, layout: Layout) -> (Blocks, usize) {
         let (mut out, mut n) = ([(0, 0, 0); KEPT_BLOCKS + 1], 0);
         let block = (p as usize, layout.size(), layout.align());
-        if layout.size() > KEPT_BYTES {
-            out[0] = block;
-            return (out, 1);
-        }
         while self.len == KEPT_BLOCKS || (self.len > 0 && self.bytes() + layout.size() > KEPT_BYTES)
         {
             out[n] = self.blocks[0];
@@ -187,7 +188,18 @@ impl Kept {
 
 /// Whether [`keep_freed_blocks`] was called: buffer pools then keep what they hold too.
 pub fn keeps_freed_blocks() -> bool {
-    KEEP.load(Ordering::Relaxed)
+    KEEP_ALL.load(Ordering::Relaxed)
+}
+
+/// Keeps freed blocks of [`KEPT_FROM`] bytes and more (the last 16, at most 2 GiB, or the
+/// last one alone if larger), each reused for the next block of exactly its size, instead of
+/// handing them back to the system: a network's layers free and allocate feature maps of one
+/// size over and over, and a block mapped afresh is zeroed by the kernel page by page on its
+/// first touch (at 12 MP a 64-channel map is 3 GiB, 35 times per ConverseNet forward). Kept
+/// blocks are ones the process held a moment before, so the peak grows only by blocks no later
+/// allocation matches. The `converse` binary calls it at start.
+pub fn reuse_large_blocks() {
+    KEEP.store(true, Ordering::Relaxed);
 }
 
 /// A kept block for `layout`, when blocks are kept and one fits exactly.
@@ -271,6 +283,7 @@ unsafe impl GlobalAlloc for Allocator {
 /// (false off glibc). `converse finetune` calls it.
 pub fn keep_freed_blocks() -> bool {
     KEEP.store(true, Ordering::Relaxed);
+    KEEP_ALL.store(true, Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only changes glibc's thresholds; both values are in their ranges.
     unsafe {
@@ -351,8 +364,6 @@ mod tests {
         }
         let (out, n) = kept.keep(0xff000 as *mut u8, layout(size));
         assert_eq!((n, out[0].0), (1, 0x1000), "the oldest goes first");
-        let (out, n) = kept.keep(0xee000 as *mut u8, layout(KEPT_BYTES + 1));
-        assert_eq!((n, out[0].0), (1, 0xee000), "too large to keep");
         // Bytes: a block of half the cap hands back the oldest until it fits.
         let (_, n) = kept.keep(0xdd000 as *mut u8, layout(KEPT_BYTES / 2));
         let kept_bytes = kept.bytes();
@@ -365,6 +376,12 @@ mod tests {
             Some(0xff000 as *mut u8),
             "the newest first"
         );
+        // A block over the cap hands back all the others and is kept alone.
+        let before = kept.len;
+        let (out, n) = kept.keep(0xee000 as *mut u8, layout(KEPT_BYTES + 1));
+        assert_eq!((n, kept.len), (before, 1));
+        assert!(out[..n].iter().all(|b| b.0 != 0xee000));
+        assert_eq!(kept.take(layout(KEPT_BYTES + 1)), Some(0xee000 as *mut u8));
     }
 
     /// Once blocks are kept, a freed large block is handed out again for the same layout (a

@@ -34,6 +34,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
+    converse::alloc::reuse_large_blocks();
     // Threads follow the CPUs the job may use (affinity, cgroup quota, SLURM_CPUS_PER_TASK).
     converse::resources::configure_threads();
     match cli::parse().command {
