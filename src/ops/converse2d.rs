@@ -795,8 +795,17 @@ mod tests {
     fn every_instruction_set_matches_the_reference() {
         use crate::ops::cpu::simd::Isa;
         let dev = Device::Cpu;
-        for s in 1..=2 {
-            let x = Tensor::rand(-1f32, 1.0, (1, 37, 9, 12), &dev).unwrap();
+        // Padded widths 16, 19, 13 and 34, even and odd: the column pass's blocks of four full
+        // and partial, and the columns that are their own mirror.
+        let sizes = [
+            (1, (9, 12)),
+            (2, (9, 12)),
+            (1, (7, 15)),
+            (1, (10, 9)),
+            (1, (5, 30)),
+        ];
+        for (s, (h, w)) in sizes {
+            let x = Tensor::rand(-1f32, 1.0, (1, 37, h, w), &dev).unwrap();
             let k = Tensor::rand(0f32, 0.2, (1, 37, 3, 3), &dev).unwrap();
             let lam = Tensor::full(0.05f32, (1, 37, 1, 1), &dev).unwrap();
             let mode = PaddingMode::Reflect;
@@ -804,7 +813,7 @@ mod tests {
             let reference = with_reference(run);
             for isa in Isa::available() {
                 let fused = isa.run(run);
-                assert!(max_diff(&fused, &reference) < 1e-5, "{isa:?} s={s}");
+                assert!(max_diff(&fused, &reference) < 1e-5, "{isa:?} s={s} {h}x{w}");
             }
         }
     }

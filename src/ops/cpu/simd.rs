@@ -225,6 +225,21 @@ mod x86 {
     }
 }
 
+/// Asks for the cache line holding `x` to be brought into the caches (a hint; nothing where
+/// the architecture has no such instruction).
+#[inline(always)]
+pub(crate) fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes no memory.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (x as *const T).cast(),
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// The instruction set the fused kernels run with on this CPU: `avx512`, `avx2` (with FMA) or
 /// `portable` (what [`simd_fn!`] picks).
 pub fn level() -> &'static str {

@@ -5,7 +5,7 @@ use super::filters::{lanes_column, FilterRef};
 use super::grid::{lanes_to_rows, Geometry, Grid, BLOCK};
 use super::GROUP;
 use crate::ops::cpu::act::gelu;
-use crate::ops::cpu::simd::{simd_fn, Simd, V};
+use crate::ops::cpu::simd::{prefetch, simd_fn, Simd, V};
 use crate::ops::profile::{self, OpKind};
 
 impl Grid {
@@ -63,6 +63,9 @@ simd_fn! {
         let t = profile::time_shared(OpKind::Rows, || (hp * wp) as f64);
         for (i, row) in geo.rows.iter().enumerate() {
             if row.is_some() {
+                if i + 1 < hp {
+                    prefetch_row((re, im), (i + 1) * wp, wp);
+                }
                 pw.forward(s, (re, im), (i * wp, 1), (line_re, line_im), scratch);
                 re[i * wp..][..wp].copy_from_slice(&line_re[..wp]);
                 im[i * wp..][..wp].copy_from_slice(&line_im[..wp]);
@@ -169,6 +172,17 @@ simd_fn! {
     }
 }
 
+/// Asks the caches for the grid points `k..k + len` of both parts, the next row of a row pass:
+/// one row is transformed while the next comes in from memory.
+#[inline(always)]
+fn prefetch_row((re, im): (&[V], &[V]), k: usize, len: usize) {
+    // Two vectors per 64-byte cache line.
+    for j in (k..k + len).step_by(2) {
+        prefetch(&re[j]);
+        prefetch(&im[j]);
+    }
+}
+
 /// Copies the columns `c0..c0 + nb` of the grid `(re, im)` (`wp` wide, `hp` rows) into a block:
 /// row `i` of column `c0 + b` at `i * nb + b`.
 #[inline(always)]
@@ -181,8 +195,21 @@ fn gather_columns(
     hp: usize,
 ) {
     for i in 0..hp {
-        br[i * nb..][..nb].copy_from_slice(&re[i * wp + c0..][..nb]);
-        bi[i * nb..][..nb].copy_from_slice(&im[i * wp + c0..][..nb]);
+        copy_run(&mut br[i * nb..][..nb], &re[i * wp + c0..][..nb]);
+        copy_run(&mut bi[i * nb..][..nb], &im[i * wp + c0..][..nb]);
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the runs of a column block: a full block's [`BLOCK`] vectors
+/// as register moves rather than a call to `memcpy`.
+#[inline(always)]
+fn copy_run(dst: &mut [V], src: &[V]) {
+    match (
+        <&mut [V; BLOCK]>::try_from(&mut *dst),
+        <&[V; BLOCK]>::try_from(src),
+    ) {
+        (Ok(d), Ok(s)) => *d = *s,
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -197,8 +224,8 @@ fn scatter_columns(
 ) {
     let wp = geo.wp;
     for i in 0..geo.hp {
-        re[i * wp + c0..][..nb].copy_from_slice(&br[i * nb..][..nb]);
-        im[i * wp + c0..][..nb].copy_from_slice(&bi[i * nb..][..nb]);
+        copy_run(&mut re[i * wp + c0..][..nb], &br[i * nb..][..nb]);
+        copy_run(&mut im[i * wp + c0..][..nb], &bi[i * nb..][..nb]);
     }
 }
 
@@ -255,6 +282,9 @@ fn inverse_rows<S: Simd>(
     let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
     for i in pad..pad + geo.h {
         let row = i * wp;
+        if i + 1 < pad + geo.h {
+            prefetch_row((dr, di), row + wp, wp);
+        }
         geo.plan_w.forward(
             s,
             (&*di, &*dr),
