@@ -113,10 +113,16 @@ fn unmap_zeroed(p: *mut u8, layout: Layout) -> bool {
     true
 }
 
-/// `n` zeros from the allocator's ordinary path (a kept block of the same size, or in a
-/// training loop memory the heap reuses), filled here: for a buffer written over at once, whose
-/// freshly mapped zero pages the kernel would have to clear again on the first write.
+/// `n` zeros for a buffer written over at once, whose freshly mapped zero pages the kernel
+/// would otherwise clear again on the first write: a block of [`KEPT_FROM`] bytes or more (a
+/// kept one of the same size when [`reuse_large_blocks`] is on) or, in a training loop
+/// ([`keep_freed_blocks`]), memory the heap reuses, filled here; else zeroed memory as usual
+/// (outside a training loop a smaller block from the heap could stay with glibc after it is
+/// freed).
 pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
+    if n * size_of::<f32>() < KEPT_FROM && !keeps_freed_blocks() {
+        return vec![0.0; n];
+    }
     let mut v = Vec::with_capacity(n);
     v.resize(n, 0.0);
     v
@@ -224,6 +230,15 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // Outside a training loop a kept block is cleared rather than left with the allocator
+        // (where blocks freed and not taken again would add up); in one, zeroed blocks are
+        // mostly gradients that start as zeros and are only read, best as fresh zero pages.
+        if !keeps_freed_blocks() {
+            if let Some(p) = reuse(layout) {
+                std::ptr::write_bytes(p, 0, layout.size());
+                return p;
+            }
+        }
         if let Some(p) = map_zeroed(layout) {
             return p;
         }
