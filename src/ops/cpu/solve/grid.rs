@@ -28,7 +28,13 @@ pub(crate) struct Geometry {
     pub(crate) cols: Vec<Option<usize>>,
     pub(super) plan_h: Plan,
     pub(super) plan_w: Plan,
+    /// Whether the row passes ask for the next row while transforming one: where the grid
+    /// (both parts) is [`PREFETCHED_FROM`] bytes or more, and so comes from memory.
+    pub(super) reads_ahead: bool,
 }
+
+/// Grids from this size on are read ahead in the row passes.
+const PREFETCHED_FROM: usize = 32 << 20;
 
 impl Geometry {
     pub(crate) fn new((h, w): (usize, usize), pad: usize, s: usize, mode: PaddingMode) -> Self {
@@ -44,6 +50,7 @@ impl Geometry {
             cols: mode.sources(w, pad),
             plan_h: Plan::new(hp),
             plan_w: Plan::new(wp),
+            reads_ahead: hp * wp * 2 * size_of::<V>() >= PREFETCHED_FROM,
         }
     }
 

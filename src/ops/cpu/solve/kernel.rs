@@ -63,7 +63,7 @@ simd_fn! {
         let t = profile::time_shared(OpKind::Rows, || (hp * wp) as f64);
         for (i, row) in geo.rows.iter().enumerate() {
             if row.is_some() {
-                if i + 1 < hp {
+                if geo.reads_ahead && i + 1 < hp {
                     prefetch_row((re, im), (i + 1) * wp, wp);
                 }
                 pw.forward(s, (re, im), (i * wp, 1), (line_re, line_im), scratch);
@@ -282,7 +282,7 @@ fn inverse_rows<S: Simd>(
     let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
     for i in pad..pad + geo.h {
         let row = i * wp;
-        if i + 1 < pad + geo.h {
+        if geo.reads_ahead && i + 1 < pad + geo.h {
             prefetch_row((dr, di), row + wp, wp);
         }
         geo.plan_w.forward(
