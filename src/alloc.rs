@@ -174,6 +174,23 @@ impl Kept {
         Some(p as *mut u8)
     }
 
+    /// [`Self::take`], or when no block fits and `drain`, every kept block moved into `out` (to
+    /// free); `Err` holds how many.
+    fn take_or_drain(
+        &mut self,
+        layout: Layout,
+        drain: bool,
+        out: &mut Blocks,
+    ) -> Result<*mut u8, usize> {
+        if let Some(p) = self.take(layout) {
+            return Ok(p);
+        }
+        let n = if drain { self.len } else { 0 };
+        out[..n].copy_from_slice(&self.blocks[..n]);
+        self.len -= n;
+        Err(n)
+    }
+
     /// Keeps a block; returns the blocks to free (the oldest ones that no longer fit with it)
     /// and their count.
     fn keep(&mut self, p: *mut u8, layout: Layout) -> (Blocks, usize) {
@@ -201,19 +218,32 @@ pub fn keeps_freed_blocks() -> bool {
 /// last one alone if larger), each reused for the next block of exactly its size, instead of
 /// handing them back to the system: a network's layers free and allocate feature maps of one
 /// size over and over, and a block mapped afresh is zeroed by the kernel page by page on its
-/// first touch (at 12 MP a 64-channel map is 3 GiB, 35 times per ConverseNet forward). Kept
-/// blocks are ones the process held a moment before, so the peak grows only by blocks no later
-/// allocation matches. The `converse` binary calls it at start.
+/// first touch (at 12 MP a 64-channel map is 3 GiB, 35 times per ConverseNet forward). A large
+/// block that no kept one fits hands them all back first, so that kept blocks never sit beside
+/// a large block mapped afresh. The `converse` binary calls it at start.
 pub fn reuse_large_blocks() {
     KEEP.store(true, Ordering::Relaxed);
 }
 
-/// A kept block for `layout`, when blocks are kept and one fits exactly.
+/// A kept block for `layout`, when blocks are kept and one fits exactly. Outside a training
+/// loop a large block that none fits hands every kept block back to the system first, so that
+/// kept blocks never sit beside a block mapped afresh: the peak stays what it was without them.
 fn reuse(layout: Layout) -> Option<*mut u8> {
     if layout.size() < KEPT_FROM || !KEEP.load(Ordering::Relaxed) {
         return None;
     }
-    KEPT.lock().unwrap_or_else(|e| e.into_inner()).take(layout)
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut blocks = [(0, 0, 0); KEPT_BLOCKS + 1];
+    let n = match kept.take_or_drain(layout, !keeps_freed_blocks(), &mut blocks) {
+        Ok(p) => return Some(p),
+        Err(n) => n,
+    };
+    drop(kept);
+    for &(q, size, align) in &blocks[..n] {
+        // SAFETY: a kept block came from `System` with this layout and is no longer handed out.
+        unsafe { System.dealloc(q as *mut u8, Layout::from_size_align_unchecked(size, align)) };
+    }
+    None
 }
 
 // SAFETY: every block comes from `System` and goes back to it with the layout it was made with,
@@ -397,6 +427,27 @@ mod tests {
         assert_eq!((n, kept.len), (before, 1));
         assert!(out[..n].iter().all(|b| b.0 != 0xee000));
         assert_eq!(kept.take(layout(KEPT_BYTES + 1)), Some(0xee000 as *mut u8));
+    }
+
+    #[test]
+    fn a_miss_drains_the_kept_blocks_when_asked() {
+        let mut kept = Kept {
+            blocks: [(0, 0, 0); KEPT_BLOCKS],
+            len: 0,
+        };
+        let layout = |size: usize| Layout::from_size_align(size, 64).unwrap();
+        kept.keep(0x1000 as *mut u8, layout(KEPT_FROM));
+        kept.keep(0x2000 as *mut u8, layout(2 * KEPT_FROM));
+        let miss = layout(3 * KEPT_FROM);
+        let mut out = [(0, 0, 0); KEPT_BLOCKS + 1];
+        assert_eq!(kept.take_or_drain(miss, false, &mut out), Err(0));
+        assert_eq!(kept.len, 2, "a miss alone takes nothing out");
+        assert_eq!(kept.take_or_drain(miss, true, &mut out), Err(2));
+        assert_eq!(kept.len, 0);
+        assert_eq!([out[0].0, out[1].0], [0x1000, 0x2000]);
+        kept.keep(0x3000 as *mut u8, layout(KEPT_FROM));
+        let hit = kept.take_or_drain(layout(KEPT_FROM), true, &mut out);
+        assert_eq!(hit, Ok(0x3000 as *mut u8));
     }
 
     /// Once blocks are kept, a freed large block is handed out again for the same layout (a
