@@ -160,6 +160,8 @@ fn weights_dir() -> PathBuf {
 
 /// Runs one case in this process and returns its JSON object.
 fn child(name: &str) -> Res<String> {
+    // As the `converse` binary does.
+    converse::alloc::reuse_large_blocks();
     let Case {
         kind,
         c,

@@ -90,8 +90,10 @@ simd_fn! {
             // Columns 1..half have their mirror among half..wp; 0 and wp / 2 (wp even) are
             // their own.
             let half = wp.div_ceil(2);
-            let (block_a, block_b) = (block_re.split_at_mut(BLOCK * hp), block_im.split_at_mut(BLOCK * hp));
-            let (a, b) = ((block_a.0, block_b.0), (block_a.1, block_b.1));
+            // The block of columns (a) and the block of their mirrors (b).
+            let (a_re, b_re) = block_re.split_at_mut(BLOCK * hp);
+            let (a_im, b_im) = block_im.split_at_mut(BLOCK * hp);
+            let (a, b) = ((a_re, a_im), (b_re, b_im));
             let mut v0 = 0;
             while v0 < wq {
                 let paired = v0 > 0 && v0 < half;
@@ -99,21 +101,28 @@ simd_fn! {
                 let nb = v1 - v0;
                 gather_columns((re, im), wp, v0, nb, (&mut a.0[..], &mut a.1[..]), hp);
                 if paired {
-                    gather_columns((re, im), wp, wp + 1 - v1, nb, (&mut b.0[..], &mut b.1[..]), hp);
+                    let into = (&mut b.0[..], &mut b.1[..]);
+                    gather_columns((re, im), wp, wp + 1 - v1, nb, into, hp);
                 }
                 for k in 0..nb {
                     let v = v0 + k;
                     // The column at k of the first block, its mirror at nb - 1 - k of the second.
-                    let cols: &[(usize, bool)] = if paired { &[(k, false), (nb - 1 - k, true)] } else { &[(k, false)] };
+                    let cols: &[(usize, bool)] = if paired {
+                        &[(k, false), (nb - 1 - k, true)]
+                    } else {
+                        &[(k, false)]
+                    };
                     for (t, &(at, mirror)) in cols.iter().enumerate() {
                         let src = if mirror { (&*b.0, &*b.1) } else { (&*a.0, &*a.1) };
-                        let spectrum = (&mut pair_re[t * hp..][..hp], &mut pair_im[t * hp..][..hp]);
+                        let spectrum =
+                            (&mut pair_re[t * hp..][..hp], &mut pair_im[t * hp..][..hp]);
                         geo.plan_h.forward(s, src, (at, nb), spectrum, scratch);
                     }
                     let at = (0, (cols.len() - 1) * hp, 1);
                     let pair = (&mut pair_re[..], &mut pair_im[..]);
                     // Each column of the transfer function used as it is made.
-                    let t = profile::time_shared(OpKind::Transfer, || (*made_count * hp) as f64);
+                    let work = || (*made_count * hp) as f64;
+                    let t = profile::time_shared(OpKind::Transfer, work);
                     let width = made.width();
                     lanes_column(column, made.column(v), width, *made_count, norm);
                     drop(t);
@@ -122,7 +131,11 @@ simd_fn! {
                         // The inverse: the forward transform with the parts swapped.
                         let spectrum = (&pair_im[t * hp..][..hp], &pair_re[t * hp..][..hp]);
                         geo.plan_h.forward(s, spectrum, (0, 1), (line_im, line_re), scratch);
-                        let (dr, di) = if mirror { (&mut *b.0, &mut *b.1) } else { (&mut *a.0, &mut *a.1) };
+                        let (dr, di) = if mirror {
+                            (&mut *b.0, &mut *b.1)
+                        } else {
+                            (&mut *a.0, &mut *a.1)
+                        };
                         for i in 0..hp {
                             (dr[i * nb + at], di[i * nb + at]) = (line_re[i], line_im[i]);
                         }
