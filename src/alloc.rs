@@ -113,16 +113,10 @@ fn unmap_zeroed(p: *mut u8, layout: Layout) -> bool {
     true
 }
 
-/// `n` zeros for a buffer written over at once, whose freshly mapped zero pages the kernel
-/// would otherwise clear again on the first write: a block of [`KEPT_FROM`] bytes or more (a
-/// kept one of the same size when [`reuse_large_blocks`] is on) or, in a training loop
-/// ([`keep_freed_blocks`]), memory the heap reuses, filled here; else zeroed memory as usual
-/// (outside a training loop a smaller block from the heap could stay with glibc after it is
-/// freed).
+/// `n` zeros from the allocator's ordinary path (in a training loop, memory the heap reuses),
+/// filled here: for a buffer written over at once, whose freshly mapped zero pages the kernel
+/// would have to clear again on the first write.
 pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
-    if n * size_of::<f32>() < KEPT_FROM && !keeps_freed_blocks() {
-        return vec![0.0; n];
-    }
     let mut v = Vec::with_capacity(n);
     v.resize(n, 0.0);
     v
@@ -153,12 +147,14 @@ struct Kept {
     len: usize,
 }
 
-static KEPT: Mutex<Kept> = Mutex::new(Kept {
-    blocks: [(0, 0, 0); KEPT_BLOCKS],
-    len: 0,
-});
+static KEPT: Mutex<Kept> = Mutex::new(Kept::EMPTY);
 
 impl Kept {
+    const EMPTY: Kept = Kept {
+        blocks: [(0, 0, 0); KEPT_BLOCKS],
+        len: 0,
+    };
+
     fn bytes(&self) -> usize {
         self.blocks[..self.len].iter().map(|b| b.1).sum()
     }
@@ -216,9 +212,9 @@ pub fn keeps_freed_blocks() -> bool {
 
 /// Keeps freed blocks of [`KEPT_FROM`] bytes and more (the last 16, at most 2 GiB, or the
 /// last one alone if larger), each reused for the next block of exactly its size, instead of
-/// handing them back to the system: a network's layers free and allocate feature maps of one
-/// size over and over, and a block mapped afresh is zeroed by the kernel page by page on its
-/// first touch (at 12 MP a 64-channel map is 3 GiB, 35 times per ConverseNet forward). A large
+/// handing them back to the system (a zeroed request clears it with `memset`): a network's
+/// layers free and allocate feature maps of one size over and over, and a block mapped afresh
+/// is zeroed by the kernel page by page on its first touch (at 12 MP a 64-channel map is 3 GiB, 35 times per ConverseNet forward). A large
 /// block that no kept one fits hands them all back first, so that kept blocks never sit beside
 /// a large block mapped afresh. The `converse` binary calls it at start.
 pub fn reuse_large_blocks() {
@@ -227,7 +223,7 @@ pub fn reuse_large_blocks() {
 
 /// A kept block for `layout`, when blocks are kept and one fits exactly. Outside a training
 /// loop a large block that none fits hands every kept block back to the system first, so that
-/// kept blocks never sit beside a block mapped afresh: the peak stays what it was without them.
+/// kept blocks never sit beside a large block mapped afresh.
 fn reuse(layout: Layout) -> Option<*mut u8> {
     if layout.size() < KEPT_FROM || !KEEP.load(Ordering::Relaxed) {
         return None;
@@ -392,16 +388,15 @@ mod tests {
         assert!(keep_freed_blocks());
     }
 
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, 64).unwrap()
+    }
+
     /// The kept blocks: at most [`KEPT_BLOCKS`] and [`KEPT_BYTES`], the oldest handed back
-    /// first, a block too large for the cap handed back at once, and a block taken out only
-    /// for its exact layout.
+    /// first, a block over the cap kept alone, and a block taken out only for its exact layout.
     #[test]
     fn kept_blocks_are_bounded_and_matched_exactly() {
-        let mut kept = Kept {
-            blocks: [(0, 0, 0); KEPT_BLOCKS],
-            len: 0,
-        };
-        let layout = |size: usize| Layout::from_size_align(size, 64).unwrap();
+        let mut kept = Kept::EMPTY;
         let size = KEPT_FROM + 4096;
         for i in 0..KEPT_BLOCKS {
             let (_, n) = kept.keep((0x1000 * (i + 1)) as *mut u8, layout(size));
@@ -431,11 +426,7 @@ mod tests {
 
     #[test]
     fn a_miss_drains_the_kept_blocks_when_asked() {
-        let mut kept = Kept {
-            blocks: [(0, 0, 0); KEPT_BLOCKS],
-            len: 0,
-        };
-        let layout = |size: usize| Layout::from_size_align(size, 64).unwrap();
+        let mut kept = Kept::EMPTY;
         kept.keep(0x1000 as *mut u8, layout(KEPT_FROM));
         kept.keep(0x2000 as *mut u8, layout(2 * KEPT_FROM));
         let miss = layout(3 * KEPT_FROM);
