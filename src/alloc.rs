@@ -113,10 +113,16 @@ fn unmap_zeroed(p: *mut u8, layout: Layout) -> bool {
     true
 }
 
-/// `n` zeros from the allocator's ordinary path (in a training loop, memory the heap reuses),
-/// filled here: for a buffer written over at once, whose freshly mapped zero pages the kernel
-/// would have to clear again on the first write.
+/// `n` zeros for a buffer written over at once, whose freshly mapped zero pages the kernel
+/// would otherwise clear again on the first write: a block of [`KEPT_FROM`] bytes or more
+/// through the allocator's ordinary path (a kept block of the same size when
+/// [`reuse_large_blocks`] is on, and kept again when freed) or, in a training loop
+/// ([`keep_freed_blocks`]), memory the heap reuses, filled here; else zeroed memory as usual
+/// (outside a training loop a smaller block from the heap could stay with glibc once freed).
 pub fn zeros_to_overwrite(n: usize) -> Vec<f32> {
+    if n * size_of::<f32>() < KEPT_FROM && !keeps_freed_blocks() {
+        return vec![0.0; n];
+    }
     let mut v = Vec::with_capacity(n);
     v.resize(n, 0.0);
     v
@@ -214,9 +220,10 @@ pub fn keeps_freed_blocks() -> bool {
 /// last one alone if larger), each reused for the next block of exactly its size, instead of
 /// handing them back to the system (a zeroed request clears it with `memset`): a network's
 /// layers free and allocate feature maps of one size over and over, and a block mapped afresh
-/// is zeroed by the kernel page by page on its first touch (at 12 MP a 64-channel map is 3 GiB, 35 times per ConverseNet forward). A large
-/// block that no kept one fits hands them all back first, so that kept blocks never sit beside
-/// a large block mapped afresh. The `converse` binary calls it at start.
+/// is zeroed by the kernel page by page on its first touch (at 12 MP a 64-channel map is 3 GiB,
+/// 35 times per ConverseNet forward). A large block that no kept one fits hands them all back
+/// first, so that kept blocks never sit beside a large block mapped afresh. The `converse`
+/// binary calls it at start.
 pub fn reuse_large_blocks() {
     KEEP.store(true, Ordering::Relaxed);
 }

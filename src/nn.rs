@@ -530,7 +530,7 @@ impl CustomOp1 for FusedBlock<'_> {
             candle_core::bail!("ConverseBlock: {c} channels in, the block takes {cin}")
         }
         let (geo, filters) = block.converse.fused((h, w))?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::alloc::zeros_to_overwrite(x.len());
         let weights = block.folded()?;
         converse_block(
             x,
