@@ -13,10 +13,11 @@
 //! - per pixel of the working resolution, the feature maps a block reads and writes, and the
 //!   image itself;
 //! - the solve grids of one `ConverseBlock`: one per group of 16 hidden channels, at most
-//!   [`GRID_BUDGET`] bytes of them at once, but at least one per thread.
+//!   [`GRID_BUDGET`] bytes of them at once, but at least one per thread, spread evenly over
+//!   the passes ([`groups_per_pass`], as the block runs them).
 
 use crate::models::ModelKind;
-use crate::ops::cpu::branch::GRID_BUDGET;
+use crate::ops::cpu::branch::{groups_per_pass, GRID_BUDGET};
 use crate::ops::Backend;
 use crate::tiling::{Tiling, MIN_TILE};
 
@@ -27,7 +28,7 @@ const MARGIN: f64 = 1.05;
 /// Bytes of one group's solve grid per padded pixel: 8 complex f32 lanes.
 const GRID_BYTES_PER_PX: u64 = 64;
 /// Hidden channels of a `ConverseBlock` (2 x 64 features), 16 to a group.
-const GROUPS: u64 = 8;
+const GROUPS: usize = 8;
 
 /// What one image asks of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,18 +48,27 @@ pub struct Workload {
 }
 
 /// Peak bytes of one model run on an `h x w` input (a whole image or one tile) with `threads`
-/// worker threads, the process included.
-pub fn model_peak(kind: ModelKind, (h, w): (usize, usize), scale: usize, threads: usize) -> u64 {
-    let (ho, wo) = (h * scale, w * scale);
-    let px = (ho * wo) as u64;
+/// worker threads and `grid_budget` bytes for a block's solve grids ([`GRID_BUDGET`] unless
+/// [`plan_tiles`] gives a whole image more), the process included.
+pub fn model_peak(
+    kind: ModelKind,
+    (h, w): (usize, usize),
+    scale: usize,
+    threads: usize,
+    grid_budget: usize,
+) -> u64 {
+    let px = (h * scale * w * scale) as u64;
     let info = kind.info();
-    let pad = info.block_padding;
-    let grid = ((ho + 2 * pad) * (wo + 2 * pad)) as u64 * GRID_BYTES_PER_PX;
-    let in_flight = (GRID_BUDGET as u64 / grid.max(1))
-        .max(threads as u64)
-        .clamp(1, GROUPS);
+    let grid = grid_bytes(kind, (h, w), scale);
+    let in_flight = groups_per_pass(GROUPS, grid as usize, grid_budget, threads) as u64;
     let fitted = BASE + px * info.feature_bytes_per_px + in_flight * grid;
     (fitted as f64 * MARGIN) as u64
+}
+
+/// Bytes of one group's solve grid for an `h x w` input.
+fn grid_bytes(kind: ModelKind, (h, w): (usize, usize), scale: usize) -> u64 {
+    let pad = kind.info().block_padding;
+    ((h * scale + 2 * pad) * (w * scale + 2 * pad)) as u64 * GRID_BYTES_PER_PX
 }
 
 /// Headroom over the reference path's fitted model.
@@ -81,9 +91,9 @@ pub fn reference_peak(
 }
 
 /// Peak bytes of one run of `job`'s model on an `h x w` input on its backend.
-fn run_peak(job: &Workload, hw: (usize, usize), threads: usize) -> u64 {
+fn run_peak(job: &Workload, hw: (usize, usize), threads: usize, grid_budget: usize) -> u64 {
     match job.backend {
-        Backend::Fused => model_peak(job.kind, hw, job.scale, threads),
+        Backend::Fused => model_peak(job.kind, hw, job.scale, threads, grid_budget),
         Backend::Reference => reference_peak(job.kind, hw, job.scale, 4),
     }
 }
@@ -106,11 +116,13 @@ fn image_bytes(job: &Workload, tiled: bool) -> u64 {
     bytes
 }
 
-/// A plan for one image: its tiling and the estimated peak.
+/// A plan for one image: its tiling, the estimated peak, and the bytes a block's solve grids
+/// may take at once ([`GRID_BUDGET`], or more for a whole image where the budget holds them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TilePlan {
     pub tiling: Tiling,
     pub peak: u64,
+    pub grid_budget: usize,
 }
 
 /// How the user asked to tile.
@@ -125,15 +137,30 @@ pub struct TileRequest {
 }
 
 /// Plans `job` within the request, for `threads` worker threads: whole when it fits (or with
-/// `--tile 0`), else tiles as large as the budget allows, balanced over the image.
+/// `--tile 0`), else tiles as large as the budget allows, balanced over the image. A whole
+/// image takes as many of a block's solve grids at once as the budget holds (all eight groups'
+/// at most): each pass of groups reads the block's feature maps once more.
 pub fn plan_tiles(job: &Workload, req: &TileRequest, threads: usize) -> TilePlan {
     let (h, w) = (job.height, job.width);
-    let peak_of = |th: usize, tw: usize, tiled: bool| {
-        run_peak(job, (th, tw), threads) + image_bytes(job, tiled)
+    let peak_of = |th: usize, tw: usize, tiled: bool, grids: usize| {
+        run_peak(job, (th, tw), threads, grids) + image_bytes(job, tiled)
     };
-    let whole = TilePlan {
+    let whole_with = |grids: usize| TilePlan {
         tiling: Tiling::Whole,
-        peak: peak_of(h, w, false),
+        peak: peak_of(h, w, false, grids),
+        grid_budget: grids,
+    };
+    let whole = whole_with(GRID_BUDGET);
+    let roomy = || {
+        if job.backend != Backend::Fused {
+            return whole;
+        }
+        let grid = grid_bytes(job.kind, (h, w), job.scale) as usize;
+        (1..=GROUPS)
+            .rev()
+            .map(|k| whole_with((k * grid).max(GRID_BUDGET)))
+            .find(|p| p.peak <= req.budget)
+            .unwrap_or(whole)
     };
     // An explicit tile side is kept: without an explicit overlap, the reach is cut to a quarter
     // of it.
@@ -143,15 +170,15 @@ pub fn plan_tiles(job: &Workload, req: &TileRequest, threads: usize) -> TilePlan
         (None, _) => job.kind.info().reach,
     };
     let side = match req.tile {
-        Some(0) => return whole,
+        Some(0) => return roomy(),
         Some(t) => t.max(2 * overlap + 16),
-        None if whole.peak <= req.budget => return whole,
+        None if whole.peak <= req.budget => return roomy(),
         None => {
             // The largest square tile that fits; the smallest if none does.
             let (mut lo, mut hi) = (MIN_TILE + 2 * overlap, h.max(w));
             while lo < hi {
                 let mid = (lo + hi).div_ceil(2);
-                if peak_of(mid.min(h), mid.min(w), true) <= req.budget {
+                if peak_of(mid.min(h), mid.min(w), true, GRID_BUDGET) <= req.budget {
                     lo = mid
                 } else {
                     hi = mid - 1
@@ -166,7 +193,8 @@ pub fn plan_tiles(job: &Workload, req: &TileRequest, threads: usize) -> TilePlan
     };
     TilePlan {
         tiling,
-        peak: peak_of(th, tw, true),
+        peak: peak_of(th, tw, true, GRID_BUDGET),
+        grid_budget: GRID_BUDGET,
     }
 }
 
@@ -215,6 +243,35 @@ mod tests {
         }
     }
 
+    /// A whole image takes more grids at once where the budget holds them, within it; tiles,
+    /// and a budget that holds no more, keep the default.
+    #[test]
+    fn a_whole_image_takes_the_grids_the_budget_holds() {
+        let j = job(ModelKind::ConverseNet, 1536, 2048);
+        let grid = grid_bytes(j.kind, (1536, 2048), 1) as usize;
+        let default = plan_tiles(&j, &req(64 << 30), 2);
+        assert_eq!(default.tiling, Tiling::Whole);
+        // All eight groups' grids, a pass each block instead of four.
+        assert_eq!(default.grid_budget, 8 * grid);
+        let at = |grids: usize| model_peak(j.kind, (1536, 2048), 1, 2, grids);
+        assert_eq!(default.peak, at(8 * grid));
+        // A budget for five grids: the block runs four at a time (4 and 4), within it.
+        let five = plan_tiles(&j, &req(at(5 * grid)), 2);
+        assert_eq!(five.peak, at(5 * grid));
+        assert_eq!(groups_per_pass(8, grid, five.grid_budget, 2), 4);
+        // Just under the default's estimate: tiles, with the default grids.
+        let tight = plan_tiles(&j, &req(at(GRID_BUDGET) - 1), 2);
+        assert!(matches!(tight.tiling, Tiling::Tiles { .. }));
+        assert_eq!(tight.grid_budget, GRID_BUDGET);
+        // --tile 0 over the budget: whole, with the default grids.
+        let forced = TileRequest {
+            tile: Some(0),
+            ..req(1 << 30)
+        };
+        let p = plan_tiles(&j, &forced, 2);
+        assert_eq!((p.tiling, p.grid_budget), (Tiling::Whole, GRID_BUDGET));
+    }
+
     #[test]
     fn tiles_are_as_large_as_the_budget_allows_and_cover_the_image() {
         for kind in ModelKind::ALL {
@@ -241,7 +298,7 @@ mod tests {
             assert!(rows * (th - overlap) + overlap >= 2000);
             assert!(cols * (tw - overlap) + overlap >= 3000);
             let fits = |h: usize, w: usize| {
-                model_peak(kind, (h, w), j.scale, 2) + image_bytes(&j, true) <= budget
+                model_peak(kind, (h, w), j.scale, 2, GRID_BUDGET) + image_bytes(&j, true) <= budget
             };
             let fewer = |n: usize, k: usize| (n + (k - 2) * overlap).div_ceil(k - 1);
             assert!(

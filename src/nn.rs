@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 
 use rayon::prelude::*;
 
-use crate::ops::cpu::branch::{converse_block, BlockWeights, BranchWeights, GRID_BUDGET};
+use crate::ops::cpu::branch::{converse_block, grid_budget, BlockWeights, BranchWeights};
 use crate::ops::cpu::gemm::{gemm_strided, Strided};
 use crate::ops::cpu::{act, norm};
 use crate::ops::{Backend, Converse2d, Converse2dConfig};
@@ -538,7 +538,7 @@ impl CustomOp1 for FusedBlock<'_> {
             (c, h, w),
             weights,
             (&geo, filters),
-            GRID_BUDGET,
+            grid_budget(),
         )?;
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -604,10 +604,16 @@ mod tests {
     }
 
     /// The fused block against the reference: whole channel groups and a partial one, one pass
-    /// over the groups and one group at a time, two images, tiles of whole rows and of pieces.
+    /// over the groups and one group at a time, two images, tiles of whole rows and of pieces,
+    /// one band of rows and several (the last one short).
     #[test]
     fn fused_block_matches_the_reference() {
-        for (c, alpha, (h, w)) in [(24, false, (9, 300)), (5, true, (13, 11))] {
+        let sizes = [
+            (24, false, (9, 300)),
+            (5, true, (13, 11)),
+            (5, true, (30, 40)),
+        ];
+        for (c, alpha, (h, w)) in sizes {
             let block = block(c, alpha);
             let x = Tensor::rand(-1f32, 1.0, (2, c, h, w), &Device::Cpu).unwrap();
             let want = with_reference(|| block.forward(&x).unwrap());

@@ -16,6 +16,7 @@ use crate::image_io::Picture;
 use crate::kernel::Kernel;
 use crate::memory;
 use crate::models::{Model, ModelKind, Task};
+use crate::ops::cpu::branch::with_grid_budget;
 use crate::ops::{with_reference, Backend};
 use crate::tiling::{run_tiled, Tiling};
 
@@ -202,7 +203,7 @@ impl Restorer {
             })
         };
         let y = match self.options.backend {
-            Backend::Fused => run(),
+            Backend::Fused => with_grid_budget(plan.grid_budget, run),
             Backend::Reference => with_reference(run),
         }?;
         let y = y.narrow(2, 0, h * s)?.narrow(3, 0, w * s)?;

@@ -87,14 +87,16 @@ simd_fn! {
     }
 }
 
-/// One group's solve at scale 1 on `side x side` planes padded by `pad`: load, padding, the
-/// solve with its transfer functions made while solving, GELU.
+/// One group's solve at scale 1 on `h x w` planes padded by `pad`: the load with its row
+/// transforms, the solve with its transfer functions made while solving, the inverse row
+/// transforms into the output planes through GELU.
 pub struct GroupSolve {
     geo: Geometry,
     taps: Taps,
     pool: Pool,
     grid: Grid,
     planes: Vec<f32>,
+    out: Vec<f32>,
 }
 
 impl GroupSolve {
@@ -106,6 +108,7 @@ impl GroupSolve {
             grid: Grid::new(&geo, &pool),
             taps: taps(k)?,
             planes: vec![0.5; GROUP * h * w],
+            out: vec![0.0; GROUP * h * w],
             geo,
             pool,
         })
@@ -114,9 +117,8 @@ impl GroupSolve {
     pub fn run(&mut self) {
         let (geo, grid) = (&self.geo, &mut self.grid);
         grid.load(geo, &self.planes, GROUP);
-        grid.fill_padding(geo);
         let mut f = Filters(&self.taps).group(geo, 0, 0, &self.pool);
-        grid.solve(geo, &mut f, true);
+        grid.solve_into(geo, &mut f, true, &mut self.out, GROUP);
         f.release(&self.pool);
     }
 }

@@ -5,9 +5,14 @@
 //! gathered, normalised, expanded, activated, reduced and added back while it stays in cache.
 //! The branch with Converse2D cannot, since the solve needs a whole image per channel: it runs
 //! [`GROUP`] hidden channels at a time, each group expanded straight into its solve grid,
-//! solved, and read back by the reducing 1x1, which accumulates into the output. Groups are
-//! taken in passes of as many as the memory allows (each pass reads and adds to the output
-//! once).
+//! solved, and read back by the reducing 1x1, which accumulates into the output. The expand and
+//! the reduce run band of rows by band (a tile of whole rows, or the tiles of one row): each
+//! band's grid rows are transformed along the rows right after the expand writes them, and
+//! transformed back right before the reduce reads them, while they are in cache, so that the
+//! group's solve is left with the columns. Groups are taken in passes of as many as the memory
+//! allows, spread evenly (each pass reads and adds to the output once).
+
+use std::ops::Range;
 
 use candle_core::Result;
 use rayon::prelude::*;
@@ -16,7 +21,7 @@ use super::act::bias_gelu;
 use super::gemm::gemm;
 use super::simd::V;
 use super::simd::{simd_fn, Isa};
-use super::solve::{pool, rows_to_lanes, Filters, Geometry, Grid, GROUP};
+use super::solve::{lanes_to_rows, pool, rows_to_lanes, Filters, Geometry, Grid, RowWork, GROUP};
 use crate::ops::profile::{self, OpKind};
 
 /// Pixels per column tile.
@@ -239,12 +244,27 @@ impl TileWork {
     }
 }
 
-/// One group's grid cut into the interior segments of each tile: `(re, im)` pieces.
-type GridPieces<'a> = Vec<(&'a mut [V], &'a mut [V])>;
+/// The bands of whole image rows that the tiles `plan` ([`tile_plan`]) of an image `w` wide
+/// make: `(rows, tiles)`, the rows `rows` being the tiles `tiles` (one tile of whole rows, or
+/// the pieces of one row).
+fn bands(plan: &[(usize, usize)], w: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    let mut bands = vec![];
+    let mut first = 0;
+    for (t, &(p, len)) in plan.iter().enumerate() {
+        if (p + len) % w == 0 {
+            bands.push((plan[first].0 / w..(p + len) / w, first..t + 1));
+            first = t + 1;
+        }
+    }
+    bands
+}
+
+/// One group's grid cut into bands of rows: `(re, im)` pieces.
+type GridRows<'a> = (&'a mut [V], &'a mut [V]);
 
 /// The hidden channels of the groups `grids` (group `g0 + i` in `grids[i]`) of the branch with
 /// Converse2D, `gelu(expand · norm(x) + bias)`, written straight into the grids' interiors, tile
-/// by tile.
+/// by tile, and each band of rows transformed along the rows while it is in cache.
 fn expand_groups(
     x: &[f32],
     w: &BranchWeights,
@@ -255,54 +275,58 @@ fn expand_groups(
 ) {
     let c = w.c;
     let rows = g0 * GROUP..(2 * c).min((g0 + grids.len()) * GROUP);
-    // Each tile's grid segments, per group.
-    let seg_ranges = || {
-        plan.iter().flat_map(|&(p, len)| {
-            segments(p, len, geo.w).map(|(_, i, col, n)| (geo.inner(i, col), n))
-        })
+    let bands = bands(plan, geo.w);
+    // Each band's rows of the grids (their padding columns too), per group.
+    let band_ranges = || {
+        let wp = geo.wp;
+        bands
+            .iter()
+            .map(move |(r, _)| ((r.start + geo.pad) * wp, r.len() * wp))
     };
-    let per_tile: Vec<usize> = plan
-        .iter()
-        .map(|&(p, len)| segments(p, len, geo.w).count())
-        .collect();
-    let mut tiles: Vec<Vec<GridPieces>> = plan.iter().map(|_| vec![]).collect();
-    let isa = Isa::current();
+    let mut per_band: Vec<Vec<GridRows>> = bands.iter().map(|_| vec![]).collect();
     for grid in grids.iter_mut() {
-        let (re, im) = grid.interior_mut();
-        let mut pieces = carve(re, seg_ranges())
+        let (re, im) = grid.parts_mut();
+        let pieces = carve(re, band_ranges())
             .into_iter()
-            .zip(carve(im, seg_ranges()));
-        for (tile, &count) in tiles.iter_mut().zip(&per_tile) {
-            tile.push(pieces.by_ref().take(count).collect());
+            .zip(carve(im, band_ranges()));
+        for (band, piece) in per_band.iter_mut().zip(pieces) {
+            band.push(piece);
         }
     }
-    tiles
-        .into_par_iter()
-        .zip(tiles_ref(x, c, plan))
-        .zip(plan)
-        .for_each_init(
-            || TileWork::new(c),
-            |tw, ((mut outs, inputs), &(p, len))| {
-                isa.run(|| {
-                    gather(&inputs, &mut tw.x[..c * len]);
+    let inputs = tiles_ref(x, c, plan);
+    let isa = Isa::current();
+    per_band.into_par_iter().zip(&bands).for_each_init(
+        || (TileWork::new(c), RowWork::new(geo)),
+        |(tw, rw), (mut outs, (band_rows, tiles))| {
+            isa.run(|| {
+                for t in tiles.clone() {
+                    let (p, len) = plan[t];
+                    gather(&inputs[t], &mut tw.x[..c * len]);
                     tw.expand(w, rows.clone(), len);
-                    for (gi, pieces) in outs.iter_mut().enumerate() {
+                    for (gi, (re, im)) in outs.iter_mut().enumerate() {
                         let base = gi * GROUP;
                         let count = GROUP.min(rows.len() - base);
                         let h = &tw.h[base * len..];
-                        for ((j, ..), (re, im)) in segments(p, len, geo.w).zip(pieces.iter_mut()) {
-                            rows_to_lanes((re, im), &h[j..], len, count);
+                        for (j, i, col, n) in segments(p, len, geo.w) {
+                            let at = (i - band_rows.start) * geo.wp + geo.pad + col;
+                            let seg = (&mut re[at..][..n], &mut im[at..][..n]);
+                            rows_to_lanes(seg, &h[j..], len, count);
                         }
                     }
-                })
-            },
-        );
+                }
+                for (re, im) in outs.iter_mut() {
+                    rw.transform(geo, (re, im));
+                }
+            })
+        },
+    );
 }
 
 /// `out` `(c, n)` `= x + reduce[:, groups] · hidden(groups)` (or `out +=` the product when
 /// `first` is false), reading the hidden maps from the solved `grids` (group `g0 + i` in
-/// `grids[i]`); the last pass adds the bias and, given `then`, runs that branch on each tile
-/// while it is in cache.
+/// `grids[i]`) band of rows by band, each band's rows transformed back first (through GELU);
+/// the last pass adds the bias and, given `then`, runs that branch on each tile while it is in
+/// cache.
 fn reduce_groups(
     (x, out): (&[f32], &mut [f32]),
     w: &BranchWeights,
@@ -314,26 +338,47 @@ fn reduce_groups(
     let c = w.c;
     let c2 = 2 * c;
     let cols = g0 * GROUP..c2.min((g0 + grids.len()) * GROUP);
+    let bands = bands(plan, geo.w);
+    let mut tiles = tiles_mut(out, c, plan).into_iter();
+    let per_band: Vec<Vec<Vec<&mut [f32]>>> = bands
+        .iter()
+        .map(|(_, t)| tiles.by_ref().take(t.len()).collect())
+        .collect();
+    let inputs = tiles_ref(x, c, plan);
+    // A band's hidden maps, per group: its rows' interiors, one after the other.
+    let band_len = TILE.max(geo.w);
     let isa = Isa::current();
-    tiles_mut(out, c, plan)
-        .into_par_iter()
-        .zip(tiles_ref(x, c, plan))
-        .zip(plan)
-        .for_each_init(
-            || TileWork::new(c),
-            |tw, ((mut rows, inputs), &(p, len))| {
-                isa.run(|| {
+    per_band.into_par_iter().zip(&bands).for_each_init(
+        || {
+            let hidden = vec![V::default(); grids.len() * band_len];
+            (TileWork::new(c), RowWork::new(geo), hidden.clone(), hidden)
+        },
+        |(tw, rw, hr, hi), (outs, (band_rows, tiles))| {
+            isa.run(|| {
+                for (gi, grid) in grids.iter().enumerate() {
+                    let band = (&mut hr[gi * band_len..], &mut hi[gi * band_len..]);
+                    rw.inverse_rows(geo, grid, band_rows.clone(), true, band);
+                }
+                for (mut rows, t) in outs.into_iter().zip(tiles.clone()) {
+                    let (p, len) = plan[t];
                     if first {
-                        gather(&inputs, &mut tw.x[..c * len]);
+                        gather(&inputs[t], &mut tw.x[..c * len]);
                     } else {
                         gather(&rows, &mut tw.x[..c * len]);
                     }
-                    for (gi, grid) in grids.iter().enumerate() {
+                    for gi in 0..grids.len() {
                         let base = gi * GROUP;
                         let count = GROUP.min(cols.len() - base);
                         let h = &mut tw.h[base * len..];
-                        for (j, i, col, seg) in segments(p, len, geo.w) {
-                            grid.get_rows(geo.inner(i, col), h, len, j, seg, count);
+                        let (br, bi) = (&hr[gi * band_len..], &hi[gi * band_len..]);
+                        for (j, i, col, n) in segments(p, len, geo.w) {
+                            let at = (i - band_rows.start) * geo.w + col;
+                            lanes_to_rows(
+                                (&br[at..][..n], &bi[at..][..n]),
+                                &mut h[j..],
+                                len,
+                                count,
+                            );
                         }
                     }
                     tw.reduce(w, cols.clone(), len);
@@ -342,23 +387,47 @@ fn reduce_groups(
                         tw.reduce(plain, 0..2 * c, len);
                     }
                     scatter(&tw.x[..c * len], &mut rows);
-                })
-            },
-        );
+                }
+            })
+        },
+    );
 }
 
-/// How many groups of the branch with Converse2D run in one pass: all of them while their grids
-/// take no more than `grid_budget` bytes, else fewer (at least one per thread).
-fn groups_per_pass(groups: usize, geo: &Geometry, grid_budget: usize) -> usize {
-    let grid = geo.hp * geo.wp * 2 * size_of::<V>();
-    let fit = grid_budget / grid.max(1);
-    fit.max(rayon::current_num_threads())
-        .clamp(1, groups.max(1))
+/// How many groups of the branch with Converse2D run in one pass, each with a grid of `grid`
+/// bytes: all of them while their grids take no more than `grid_budget` bytes, else fewer (at least one per thread), spread evenly
+/// over the fewest passes (8 groups of which 5 fit run as 4 and 4, not 5 and 3: the solves of
+/// a pass run a group per thread, and 5 on 2 threads take as long as 6).
+pub(crate) fn groups_per_pass(
+    groups: usize,
+    grid: usize,
+    grid_budget: usize,
+    threads: usize,
+) -> usize {
+    let fit = (grid_budget / grid.max(1))
+        .max(threads)
+        .clamp(1, groups.max(1));
+    groups.div_ceil(groups.div_ceil(fit).max(1)).max(1)
 }
 
 /// Bytes the solve grids of one fused block may take at once (beyond the block's input and
-/// output).
+/// output), unless the run was planned with more ([`with_grid_budget`]).
 pub(crate) const GRID_BUDGET: usize = 256 << 20;
+
+thread_local! {
+    static GRID_BUDGET_NOW: std::cell::Cell<usize> = const { std::cell::Cell::new(GRID_BUDGET) };
+}
+
+/// Runs `f` with the fused blocks called on this thread holding up to `bytes` of solve grids at
+/// once (the memory planner's choice for a whole image: fewer passes over the feature maps).
+pub(crate) fn with_grid_budget<R>(bytes: usize, f: impl FnOnce() -> R) -> R {
+    crate::ops::with_thread_setting(&GRID_BUDGET_NOW, bytes, f)
+}
+
+/// The grid budget of the fused blocks called on this thread: [`GRID_BUDGET`] unless set by
+/// [`with_grid_budget`].
+pub(crate) fn grid_budget() -> usize {
+    GRID_BUDGET_NOW.with(std::cell::Cell::get)
+}
 
 /// The fused `ConverseBlock` on images `x` `(N, c, h, w)` into `out` (same shape):
 /// `out = x + converse_branch(x)`, then `out += plain_branch(out)`, the second branch in the
@@ -374,7 +443,8 @@ pub(crate) fn converse_block(
 ) -> Result<()> {
     let n = h * w;
     let groups = (2 * c).div_ceil(GROUP);
-    let per_pass = groups_per_pass(groups, geo, grid_budget);
+    let grid = geo.hp * geo.wp * 2 * size_of::<V>();
+    let per_pass = groups_per_pass(groups, grid, grid_budget, rayon::current_num_threads());
     let plan = tile_plan(h, w);
     let pool = pool();
     geo.fit_pool(pool);
@@ -387,9 +457,8 @@ pub(crate) fn converse_block(
             expand_groups(xi, wc, g0, &mut grids, geo, &plan);
             grids.par_iter_mut().enumerate().for_each(|(i, grid)| {
                 isa.run(|| {
-                    grid.fill_padding(geo);
                     let mut f = filters.group(geo, 0, g0 + i, pool);
-                    grid.solve(geo, &mut f, true);
+                    grid.solve(geo, &mut f);
                     f.release(pool);
                 })
             });
@@ -424,8 +493,29 @@ mod tests {
         }
     }
 
+    /// Passes of groups: all at once where they fit, else as few passes as fit, evenly filled,
+    /// and never fewer groups than threads.
     #[test]
-    fn tiles_cover_every_pixel_once() {
+    fn groups_spread_evenly_over_the_passes() {
+        let grid = 104 * 104 * 2 * size_of::<V>();
+        for (groups, fit, threads, want) in [
+            (8, 8, 2, 8),
+            (8, 20, 2, 8),
+            (8, 5, 2, 4),
+            (8, 3, 2, 3),
+            (8, 1, 2, 2),
+            (8, 0, 2, 2),
+            (8, 0, 16, 8),
+            (5, 4, 2, 3),
+            (1, 0, 2, 1),
+        ] {
+            let got = groups_per_pass(groups, grid, fit * grid, threads);
+            assert_eq!(got, want, "{groups} groups, {fit} fit, {threads} threads");
+        }
+    }
+
+    #[test]
+    fn tiles_and_bands_cover_every_pixel_once() {
         for (h, w) in [(1, 1), (7, 300), (20, 16), (5, 256), (3, 600), (33, 100)] {
             let plan = tile_plan(h, w);
             let mut next = 0;
@@ -436,6 +526,17 @@ mod tests {
                 next = p + len;
             }
             assert_eq!(next, h * w);
+            let mut row = 0;
+            let mut tile = 0;
+            for (rows, tiles) in bands(&plan, w) {
+                assert_eq!((rows.start, tiles.start), (row, tile), "{h}x{w}");
+                assert!(!rows.is_empty() && !tiles.is_empty());
+                let (first, last) = (plan[tiles.start], plan[tiles.end - 1]);
+                assert_eq!(first.0, rows.start * w);
+                assert_eq!(last.0 + last.1, rows.end * w);
+                (row, tile) = (rows.end, tiles.end);
+            }
+            assert_eq!((row, tile), (h, plan.len()), "{h}x{w}");
         }
     }
 }

@@ -28,12 +28,12 @@ pub(crate) struct Geometry {
     pub(crate) cols: Vec<Option<usize>>,
     pub(super) plan_h: Plan,
     pub(super) plan_w: Plan,
-    /// Whether the row passes ask for the next row while transforming one: where the grid
-    /// (both parts) is [`PREFETCHED_FROM`] bytes or more, and so comes from memory.
+    /// Whether the inverse row transforms ask for the next row while transforming one: where
+    /// the grid (both parts) is [`PREFETCHED_FROM`] bytes or more, and so comes from memory.
     pub(super) reads_ahead: bool,
 }
 
-/// Grids from this size on are read ahead in the row passes.
+/// Grids from this size on are read ahead by the inverse row transforms.
 const PREFETCHED_FROM: usize = 32 << 20;
 
 impl Geometry {
@@ -135,56 +135,39 @@ impl Grid {
         }
     }
 
-    /// The grid's vectors, for the caller to cut into interior segments.
-    pub(crate) fn interior_mut(&mut self) -> (&mut [V], &mut [V]) {
+    /// The grid's vectors, for the caller to cut into bands of rows.
+    pub(crate) fn parts_mut(&mut self) -> (&mut [V], &mut [V]) {
         (&mut self.re, &mut self.im)
-    }
-
-    /// Reads the lanes `0..count` of the grid points `k..k + len` into rows of `h` (rows
-    /// `stride` apart), columns `j..j + len`.
-    pub(crate) fn get_rows(
-        &self,
-        k: usize,
-        h: &mut [f32],
-        stride: usize,
-        j: usize,
-        len: usize,
-        count: usize,
-    ) {
-        let lanes = (&self.re[k..][..len], &self.im[k..][..len]);
-        lanes_to_rows(lanes, &mut h[j..], stride, count);
-    }
-
-    /// Writes `count` planes `(h, w)` into the interior of the grid, zeros in the unused lanes.
-    pub(crate) fn load(&mut self, geo: &Geometry, planes: &[f32], count: usize) {
-        let hw = geo.h * geo.w;
-        for i in 0..geo.h {
-            let at = geo.inner(i, 0);
-            let lanes = (&mut self.re[at..][..geo.w], &mut self.im[at..][..geo.w]);
-            rows_to_lanes(lanes, &planes[i * geo.w..], hw, count);
-        }
-    }
-
-    /// Fills the padding of the grid from its interior.
-    pub(crate) fn fill_padding(&mut self, geo: &Geometry) {
-        fill_padding(geo, (&mut self.re, &mut self.im))
     }
 }
 
 /// Fills the padding of the grid `(re, im)` from its interior.
 pub(super) fn fill_padding(geo: &Geometry, (re, im): (&mut [V], &mut [V])) {
-    let (pad, w, wp) = (geo.pad, geo.w, geo.wp);
+    let (pad, wp) = (geo.pad, geo.wp);
     for i in pad..pad + geo.h {
-        let (gr, gi) = (&mut re[i * wp..][..wp], &mut im[i * wp..][..wp]);
-        for (j, col) in geo.cols.iter().enumerate() {
-            if j < pad || j >= pad + w {
-                (gr[j], gi[j]) = match *col {
-                    Some(c) => (gr[pad + c], gi[pad + c]),
-                    None => (V::default(), V::default()),
-                };
-            }
+        fill_row_padding(geo, (&mut re[i * wp..][..wp], &mut im[i * wp..][..wp]));
+    }
+    fill_padding_rows(geo, (re, im));
+}
+
+/// Fills the padding columns of one grid row (`wp` points) from its interior.
+#[inline(always)]
+pub(super) fn fill_row_padding(geo: &Geometry, (gr, gi): (&mut [V], &mut [V])) {
+    let (pad, w) = (geo.pad, geo.w);
+    for (j, col) in geo.cols.iter().enumerate() {
+        if j < pad || j >= pad + w {
+            (gr[j], gi[j]) = match *col {
+                Some(c) => (gr[pad + c], gi[pad + c]),
+                None => (V::default(), V::default()),
+            };
         }
     }
+}
+
+/// Fills the padding rows of the grid `(re, im)` from its interior rows (copies, or zeros).
+/// The rows may hold their points or, all alike, their transforms along the row.
+pub(super) fn fill_padding_rows(geo: &Geometry, (re, im): (&mut [V], &mut [V])) {
+    let (pad, wp) = (geo.pad, geo.wp);
     for (i, row) in geo.rows.iter().enumerate() {
         if i >= pad && i < pad + geo.h {
             continue;

@@ -1,24 +1,63 @@
 //! The solve of one group on its grid: the forward transforms, the filter step, the inverse
 //! transforms (of the rows the crop keeps only) and the crop, through GELU when asked.
+//!
+//! The transforms along the rows run as the rows are written or read, while they are in cache:
+//! [`Grid::load`] and the fused block's expand ([`transform_rows`]) transform each row as it is
+//! loaded, and the inverse of each row is read straight into the output ([`Grid::solve_into`])
+//! or, in the fused block, into the reducing 1x1's tile ([`inverse_rows`]). A grid then goes
+//! through memory once between its load and its solve, and once back, rather than three times.
+
+use std::ops::Range;
 
 use super::filters::{lanes_column, FilterRef};
-use super::grid::{lanes_to_rows, Geometry, Grid, BLOCK};
+use super::grid::{fill_padding_rows, fill_row_padding, lanes_to_rows, rows_to_lanes};
+use super::grid::{Geometry, Grid, BLOCK};
 use super::GROUP;
 use crate::ops::cpu::act::gelu;
 use crate::ops::cpu::simd::{prefetch, simd_fn, Simd, V};
 use crate::ops::profile::{self, OpKind};
 
 impl Grid {
-    /// Solves the group at scale 1, in place: the padded grid (interior and padding filled) in,
-    /// the solution at the interior ([`Geometry::inner`]) out, through GELU if `act`. `g` is the
-    /// group's transfer function.
-    pub(crate) fn solve(&mut self, geo: &Geometry, g: &mut FilterRef, act: bool) {
-        assert!(geo.s == 1, "the in-place solve is for scale 1");
-        let _t = profile::time_shared(OpKind::Fft, || geo.flops(GROUP));
-        solve_grid(geo, self, g, act, None)
+    /// Writes `count` planes `(h, w)` into the interior of the grid, zeros in the unused lanes,
+    /// and transforms each row as it is written (its padding columns filled first); the
+    /// padding rows are filled from them by the solve.
+    pub(crate) fn load(&mut self, geo: &Geometry, planes: &[f32], count: usize) {
+        let (hw, wp) = (geo.h * geo.w, geo.wp);
+        let Grid {
+            re,
+            im,
+            line_re,
+            line_im,
+            scratch,
+            ..
+        } = self;
+        for i in 0..geo.h {
+            let at = geo.inner(i, 0);
+            rows_to_lanes(
+                (&mut re[at..][..geo.w], &mut im[at..][..geo.w]),
+                &planes[i * geo.w..],
+                hw,
+                count,
+            );
+            let row = at - geo.pad;
+            let row = (&mut re[row..][..wp], &mut im[row..][..wp]);
+            transform_rows(geo, row, (line_re, line_im), scratch);
+        }
     }
 
-    /// Solves the group at any scale into `count` planes `(s*h, s*w)` of `out`.
+    /// Solves the group at scale 1 on a grid whose interior rows are transformed (by
+    /// [`Grid::load`] or [`transform_rows`]): the padding rows, the column transforms, the
+    /// filter and the inverse column transforms, in place. The grid is left with the row
+    /// transforms of the solution, which [`inverse_rows`] reads. `g` is the group's transfer
+    /// function.
+    pub(crate) fn solve(&mut self, geo: &Geometry, g: &mut FilterRef) {
+        assert!(geo.s == 1, "the in-place solve is for scale 1");
+        let _t = profile::time_shared(OpKind::Fft, || geo.flops(GROUP));
+        solve_grid(geo, self, g, false, None)
+    }
+
+    /// Solves the group at any scale into `count` planes `(s*h, s*w)` of `out`, through GELU
+    /// if `act`; the grid as [`Grid::solve`] takes it.
     pub(crate) fn solve_into(
         &mut self,
         geo: &Geometry,
@@ -32,9 +71,115 @@ impl Grid {
     }
 }
 
+/// A thread's buffers for transforming rows of grids outside a group's solve (the fused
+/// block's expand and reduce, which run bands of rows of every grid in parallel).
+pub(crate) struct RowWork {
+    line_re: Vec<V>,
+    line_im: Vec<V>,
+    scratch: Vec<V>,
+}
+
+impl RowWork {
+    pub(crate) fn new(geo: &Geometry) -> Self {
+        Self {
+            line_re: vec![V::default(); geo.wp],
+            line_im: vec![V::default(); geo.wp],
+            scratch: vec![V::default(); geo.plan_w.scratch_len()],
+        }
+    }
+}
+
+/// Transforms, in place, the rows of a grid that `rows` holds (`wp` points each, one after
+/// the other, their interior written), their padding columns filled first.
+pub(crate) fn transform_rows(
+    geo: &Geometry,
+    rows: (&mut [V], &mut [V]),
+    (line_re, line_im): (&mut [V], &mut [V]),
+    scratch: &mut [V],
+) {
+    let _t = profile::time_shared(OpKind::Rows, || rows.0.len() as f64);
+    transform_rows_in(geo, rows, (line_re, line_im), scratch)
+}
+
 simd_fn! {
-    /// The solve of one group: forward transform, then per phase the filter, the inverse and
-    /// the crop (into `out` when given, else left in the grid at scale 1).
+    fn transform_rows_in(
+        s,
+        geo: &Geometry,
+        rows: (&mut [V], &mut [V]),
+        line: (&mut [V], &mut [V]),
+        scratch: &mut [V],
+    ) {
+        let wp = geo.wp;
+        let ((re, im), (line_re, line_im)) = (rows, line);
+        for (gr, gi) in re.chunks_exact_mut(wp).zip(im.chunks_exact_mut(wp)) {
+            fill_row_padding(geo, (&mut *gr, &mut *gi));
+            geo.plan_w.forward(s, (&*gr, &*gi), (0, 1), (&mut *line_re, &mut *line_im), scratch);
+            gr.copy_from_slice(&line_re[..wp]);
+            gi.copy_from_slice(&line_im[..wp]);
+        }
+    }
+}
+
+impl RowWork {
+    /// Transforms rows of a grid in place, as [`transform_rows`].
+    pub(crate) fn transform(&mut self, geo: &Geometry, rows: (&mut [V], &mut [V])) {
+        let line = (&mut self.line_re[..], &mut self.line_im[..]);
+        transform_rows(geo, rows, line, &mut self.scratch)
+    }
+
+    /// The inverse transforms of the image rows `rows` of a solved grid `(re, im)`
+    /// ([`Grid::solve`]), through GELU if `act`: row `i`'s `w` interior points go to
+    /// `(i - rows.start) * w` of `(out_re, out_im)`.
+    pub(crate) fn inverse_rows(
+        &mut self,
+        geo: &Geometry,
+        grid: &Grid,
+        rows: Range<usize>,
+        act: bool,
+        (out_re, out_im): (&mut [V], &mut [V]),
+    ) {
+        let work = || (rows.len() * geo.wp) as f64;
+        let _t = profile::time_shared(OpKind::Rows, work);
+        let line = (&mut self.line_re[..], &mut self.line_im[..]);
+        let grid = (&grid.re[..], &grid.im[..]);
+        inverse_rows_in(
+            geo,
+            grid,
+            rows,
+            act,
+            line,
+            &mut self.scratch,
+            (out_re, out_im),
+        )
+    }
+}
+
+simd_fn! {
+    fn inverse_rows_in(
+        s,
+        geo: &Geometry,
+        grid: (&[V], &[V]),
+        rows: Range<usize>,
+        act: bool,
+        line: (&mut [V], &mut [V]),
+        scratch: &mut [V],
+        out: (&mut [V], &mut [V]),
+    ) {
+        let ((line_re, line_im), (out_re, out_im)) = (line, out);
+        let (pad, w) = (geo.pad, geo.w);
+        for (k, i) in rows.enumerate() {
+            inverse_row(s, geo, grid, i, (&mut *line_re, &mut *line_im), scratch, act);
+            out_re[k * w..][..w].copy_from_slice(&line_re[pad..pad + w]);
+            out_im[k * w..][..w].copy_from_slice(&line_im[pad..pad + w]);
+        }
+    }
+}
+
+simd_fn! {
+    /// The solve of one group on its row-transformed grid: the padding rows, the column
+    /// transforms, then per phase the filter and the inverse column transforms, and when `out`
+    /// is given the inverse row transforms and the crop into it (else the grid keeps the
+    /// solution's row transforms, at scale 1).
     fn solve_grid(
         s,
         geo: &Geometry,
@@ -58,20 +203,7 @@ simd_fn! {
             scratch,
             column,
         } = grid;
-        let pw = &geo.plan_w;
-        // Forward: the rows that are not all zeros, then the columns.
-        let t = profile::time_shared(OpKind::Rows, || (hp * wp) as f64);
-        for (i, row) in geo.rows.iter().enumerate() {
-            if row.is_some() {
-                if geo.reads_ahead && i + 1 < hp {
-                    prefetch_row((re, im), (i + 1) * wp, wp);
-                }
-                pw.forward(s, (re, im), (i * wp, 1), (line_re, line_im), scratch);
-                re[i * wp..][..wp].copy_from_slice(&line_re[..wp]);
-                im[i * wp..][..wp].copy_from_slice(&line_im[..wp]);
-            }
-        }
-        drop(t);
+        fill_padding_rows(geo, (re, im));
         let (mut out, count) = match out {
             Some((o, c)) => (Some(o), c),
             None => (None, 0),
@@ -148,9 +280,13 @@ simd_fn! {
                 v0 = v1;
             }
             drop(t);
-            inverse_rows(s, geo, (re, im), (line_re, line_im), scratch, act);
-            if let Some(out) = out.as_deref_mut() {
-                store_phase(geo, (re, im), out, count, (0, 0));
+            if let Some(out) = out {
+                let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
+                for i in 0..geo.h {
+                    let line = (&mut line_re[..], &mut line_im[..]);
+                    inverse_row(s, geo, (re, im), i, line, scratch, act);
+                    store_row(geo, (line_re, line_im), out, count, (i, 0, 0));
+                }
             }
             return;
         }
@@ -176,10 +312,14 @@ simd_fn! {
                 inverse_column(s, geo, (phase_re, phase_im), j, (line_re, line_im), scratch);
             }
             drop(t);
-            inverse_rows(s, geo, (phase_re, phase_im), (line_re, line_im), scratch, act);
             if let Some(out) = out.as_deref_mut() {
+                let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
                 let (a, b) = (phase / geo.s, phase % geo.s);
-                store_phase(geo, (phase_re, phase_im), out, count, (a, b));
+                for i in 0..geo.h {
+                    let line = (&mut line_re[..], &mut line_im[..]);
+                    inverse_row(s, geo, (phase_re, phase_im), i, line, scratch, act);
+                    store_row(geo, (line_re, line_im), out, count, (i, a, b));
+                }
             }
         }
     }
@@ -280,69 +420,66 @@ pub(super) fn inverse_column<S: Simd>(
     forward_column(s, geo, (di, dr), j, (line_im, line_re), scratch)
 }
 
-/// The inverse transform along the interior rows of the grid `(dr, di)` (its columns done),
-/// whose interior columns are written back through GELU if `act`.
+/// The inverse transform of the interior row `i` of the image (row `pad + i` of the grid
+/// `(dr, di)`, its columns done) into `line`, whose interior `pad..pad + w` goes through GELU
+/// if `act`: the forward transform with the parts swapped.
 #[inline(always)]
-fn inverse_rows<S: Simd>(
+fn inverse_row<S: Simd>(
     s: S,
     geo: &Geometry,
-    (dr, di): (&mut [V], &mut [V]),
+    (dr, di): (&[V], &[V]),
+    i: usize,
     (line_re, line_im): (&mut [V], &mut [V]),
     scratch: &mut [V],
     act: bool,
 ) {
     let (wp, pad, w) = (geo.wp, geo.pad, geo.w);
-    let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
-    for i in pad..pad + geo.h {
-        let row = i * wp;
-        if geo.reads_ahead && i + 1 < pad + geo.h {
-            prefetch_row((dr, di), row + wp, wp);
-        }
-        geo.plan_w.forward(
-            s,
-            (&*di, &*dr),
-            (row, 1),
-            (&mut *line_im, &mut *line_re),
-            scratch,
-        );
-        let (kr, ki) = (&mut line_re[pad..pad + w], &mut line_im[pad..pad + w]);
-        if act {
-            for v in kr.iter_mut().chain(ki.iter_mut()) {
-                for x in v.0.iter_mut() {
-                    *x = gelu(*x);
-                }
+    let row = (pad + i) * wp;
+    if geo.reads_ahead && i + 1 < geo.h {
+        prefetch_row((dr, di), row + wp, wp);
+    }
+    geo.plan_w.forward(
+        s,
+        (di, dr),
+        (row, 1),
+        (&mut *line_im, &mut *line_re),
+        scratch,
+    );
+    if act {
+        for v in line_re[pad..pad + w]
+            .iter_mut()
+            .chain(&mut line_im[pad..pad + w])
+        {
+            for x in v.0.iter_mut() {
+                *x = gelu(*x);
             }
         }
-        dr[row + pad..][..w].copy_from_slice(kr);
-        di[row + pad..][..w].copy_from_slice(ki);
     }
 }
 
-/// Copies phase `(a, b)` of the solution, the grid's interior, into `count` planes
-/// `(s*h, s*w)` at the pixels `(s*i + a, s*j + b)`.
+/// Copies row `i` of phase `(a, b)` of the solution, the interior of an inverse-transformed
+/// `line` ([`inverse_row`]), into `count` planes `(s*h, s*w)` at the pixels
+/// `(s*i + a, s*j + b)`.
 #[inline(always)]
-fn store_phase(
+fn store_row(
     geo: &Geometry,
-    (dr, di): (&[V], &[V]),
+    (lr, li): (&[V], &[V]),
     out: &mut [f32],
     count: usize,
-    (a, b): (usize, usize),
+    (i, a, b): (usize, usize, usize),
 ) {
-    let (s, h, w) = (geo.s, geo.h, geo.w);
+    let (s, h, w, pad) = (geo.s, geo.h, geo.w, geo.pad);
     let (ho, wo) = (s * h, s * w);
-    for i in 0..h {
-        let at = geo.inner(i, 0);
-        let (gr, gi) = (&dr[at..][..w], &di[at..][..w]);
-        if s == 1 {
-            lanes_to_rows((gr, gi), &mut out[i * w..], h * w, count);
-            continue;
-        }
-        for q in 0..count {
-            let src = if q % 2 == 0 { gr } else { gi };
-            let dst = &mut out[(q * ho + s * i + a) * wo..][..wo];
-            for (j, v) in src.iter().enumerate() {
-                dst[s * j + b] = v.0[q / 2];
-            }
+    let (gr, gi) = (&lr[pad..pad + w], &li[pad..pad + w]);
+    if s == 1 {
+        lanes_to_rows((gr, gi), &mut out[i * w..], h * w, count);
+        return;
+    }
+    for q in 0..count {
+        let src = if q % 2 == 0 { gr } else { gi };
+        let dst = &mut out[(q * ho + s * i + a) * wo..][..wo];
+        for (j, v) in src.iter().enumerate() {
+            dst[s * j + b] = v.0[q / 2];
         }
     }
 }

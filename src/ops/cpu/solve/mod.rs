@@ -34,7 +34,8 @@ use rayon::prelude::*;
 use super::simd::{Isa, LANES};
 
 pub(crate) use filters::Filters;
-pub(crate) use grid::{rows_to_lanes, Geometry, Grid};
+pub(crate) use grid::{lanes_to_rows, rows_to_lanes, Geometry, Grid};
+pub(crate) use kernel::RowWork;
 pub(crate) use pool::{pool, Pool};
 
 /// Channels per lane group.
@@ -78,7 +79,6 @@ pub(crate) fn solve(
             let count = xg.len() / plane;
             let mut grid = Grid::new(geo, pool);
             grid.load(geo, xg, count);
-            grid.fill_padding(geo);
             let mut f = filters.group(geo, set, g, pool);
             grid.solve_into(geo, &mut f, act, og, count);
             f.release(pool);
