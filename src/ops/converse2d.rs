@@ -795,12 +795,13 @@ mod tests {
     fn every_instruction_set_matches_the_reference() {
         use crate::ops::cpu::simd::Isa;
         let dev = Device::Cpu;
-        // Padded widths 16, 19, 13 and 34, even and odd: the column pass's blocks of four full
-        // and partial, and the columns that are their own mirror.
+        // Padded widths 16, 19, 13 and 34, even and odd: the column passes' blocks of four full
+        // and partial (at both scales), and the columns that are their own mirror.
         let sizes = [
             (1, (9, 12)),
             (2, (9, 12)),
             (1, (7, 15)),
+            (2, (7, 15)),
             (1, (10, 9)),
             (1, (5, 30)),
         ];

@@ -259,6 +259,14 @@ fn bands(plan: &[(usize, usize)], w: usize) -> Vec<(Range<usize>, Range<usize>)>
     bands
 }
 
+/// The fewest bands a parallel job over `bands` bands takes: at most eight jobs per thread, so
+/// that each job's buffers (a tile's, a row's and a band's of every group: about 1.5 MB at 2048
+/// pixels wide) are made a few times per block rather than once per band, when threads steal
+/// work from each other.
+fn min_len(bands: usize) -> usize {
+    bands.div_ceil(8 * rayon::current_num_threads()).max(1)
+}
+
 /// One group's grid cut into bands of rows: `(re, im)` pieces.
 type GridRows<'a> = (&'a mut [V], &'a mut [V]);
 
@@ -295,31 +303,36 @@ fn expand_groups(
     }
     let inputs = tiles_ref(x, c, plan);
     let isa = Isa::current();
-    per_band.into_par_iter().zip(&bands).for_each_init(
-        || (TileWork::new(c), RowWork::new(geo)),
-        |(tw, rw), (mut outs, (band_rows, tiles))| {
-            isa.run(|| {
-                for t in tiles.clone() {
-                    let (p, len) = plan[t];
-                    gather(&inputs[t], &mut tw.x[..c * len]);
-                    tw.expand(w, rows.clone(), len);
-                    for (gi, (re, im)) in outs.iter_mut().enumerate() {
-                        let base = gi * GROUP;
-                        let count = GROUP.min(rows.len() - base);
-                        let h = &tw.h[base * len..];
-                        for (j, i, col, n) in segments(p, len, geo.w) {
-                            let at = (i - band_rows.start) * geo.wp + geo.pad + col;
-                            let seg = (&mut re[at..][..n], &mut im[at..][..n]);
-                            rows_to_lanes(seg, &h[j..], len, count);
+    let min_len = min_len(bands.len());
+    per_band
+        .into_par_iter()
+        .zip(&bands)
+        .with_min_len(min_len)
+        .for_each_init(
+            || (TileWork::new(c), RowWork::new(geo)),
+            |(tw, rw), (mut outs, (band_rows, tiles))| {
+                isa.run(|| {
+                    for t in tiles.clone() {
+                        let (p, len) = plan[t];
+                        gather(&inputs[t], &mut tw.x[..c * len]);
+                        tw.expand(w, rows.clone(), len);
+                        for (gi, (re, im)) in outs.iter_mut().enumerate() {
+                            let base = gi * GROUP;
+                            let count = GROUP.min(rows.len() - base);
+                            let h = &tw.h[base * len..];
+                            for (j, i, col, n) in segments(p, len, geo.w) {
+                                let at = (i - band_rows.start) * geo.wp + geo.pad + col;
+                                let seg = (&mut re[at..][..n], &mut im[at..][..n]);
+                                rows_to_lanes(seg, &h[j..], len, count);
+                            }
                         }
                     }
-                }
-                for (re, im) in outs.iter_mut() {
-                    rw.transform(geo, (re, im));
-                }
-            })
-        },
-    );
+                    for (re, im) in outs.iter_mut() {
+                        rw.transform(geo, (re, im));
+                    }
+                })
+            },
+        );
 }
 
 /// `out` `(c, n)` `= x + reduce[:, groups] · hidden(groups)` (or `out +=` the product when
@@ -348,49 +361,54 @@ fn reduce_groups(
     // A band's hidden maps, per group: its rows' interiors, one after the other.
     let band_len = TILE.max(geo.w);
     let isa = Isa::current();
-    per_band.into_par_iter().zip(&bands).for_each_init(
-        || {
-            let hidden = vec![V::default(); grids.len() * band_len];
-            (TileWork::new(c), RowWork::new(geo), hidden.clone(), hidden)
-        },
-        |(tw, rw, hr, hi), (outs, (band_rows, tiles))| {
-            isa.run(|| {
-                for (gi, grid) in grids.iter().enumerate() {
-                    let band = (&mut hr[gi * band_len..], &mut hi[gi * band_len..]);
-                    rw.inverse_rows(geo, grid, band_rows.clone(), true, band);
-                }
-                for (mut rows, t) in outs.into_iter().zip(tiles.clone()) {
-                    let (p, len) = plan[t];
-                    if first {
-                        gather(&inputs[t], &mut tw.x[..c * len]);
-                    } else {
-                        gather(&rows, &mut tw.x[..c * len]);
+    let min_len = min_len(bands.len());
+    per_band
+        .into_par_iter()
+        .zip(&bands)
+        .with_min_len(min_len)
+        .for_each_init(
+            || {
+                let hidden = vec![V::default(); grids.len() * band_len];
+                (TileWork::new(c), RowWork::new(geo), hidden.clone(), hidden)
+            },
+            |(tw, rw, hr, hi), (outs, (band_rows, tiles))| {
+                isa.run(|| {
+                    for (gi, grid) in grids.iter().enumerate() {
+                        let band = (&mut hr[gi * band_len..], &mut hi[gi * band_len..]);
+                        rw.inverse_rows(geo, grid, band_rows.clone(), true, band);
                     }
-                    for gi in 0..grids.len() {
-                        let base = gi * GROUP;
-                        let count = GROUP.min(cols.len() - base);
-                        let h = &mut tw.h[base * len..];
-                        let (br, bi) = (&hr[gi * band_len..], &hi[gi * band_len..]);
-                        for (j, i, col, n) in segments(p, len, geo.w) {
-                            let at = (i - band_rows.start) * geo.w + col;
-                            lanes_to_rows(
-                                (&br[at..][..n], &bi[at..][..n]),
-                                &mut h[j..],
-                                len,
-                                count,
-                            );
+                    for (mut rows, t) in outs.into_iter().zip(tiles.clone()) {
+                        let (p, len) = plan[t];
+                        if first {
+                            gather(&inputs[t], &mut tw.x[..c * len]);
+                        } else {
+                            gather(&rows, &mut tw.x[..c * len]);
                         }
+                        for gi in 0..grids.len() {
+                            let base = gi * GROUP;
+                            let count = GROUP.min(cols.len() - base);
+                            let h = &mut tw.h[base * len..];
+                            let (br, bi) = (&hr[gi * band_len..], &hi[gi * band_len..]);
+                            for (j, i, col, n) in segments(p, len, geo.w) {
+                                let at = (i - band_rows.start) * geo.w + col;
+                                lanes_to_rows(
+                                    (&br[at..][..n], &bi[at..][..n]),
+                                    &mut h[j..],
+                                    len,
+                                    count,
+                                );
+                            }
+                        }
+                        tw.reduce(w, cols.clone(), len);
+                        if let Some(plain) = then {
+                            tw.expand(plain, 0..2 * c, len);
+                            tw.reduce(plain, 0..2 * c, len);
+                        }
+                        scatter(&tw.x[..c * len], &mut rows);
                     }
-                    tw.reduce(w, cols.clone(), len);
-                    if let Some(plain) = then {
-                        tw.expand(plain, 0..2 * c, len);
-                        tw.reduce(plain, 0..2 * c, len);
-                    }
-                    scatter(&tw.x[..c * len], &mut rows);
-                }
-            })
-        },
-    );
+                })
+            },
+        );
 }
 
 /// How many groups of the branch with Converse2D run in one pass, each with a grid of `grid`

@@ -96,7 +96,7 @@ pub(crate) struct Grid {
     /// At scale 1, the spectra of a column pair `(v, -v)`, one after the other.
     pub(super) pair_re: Vec<V>,
     pub(super) pair_im: Vec<V>,
-    /// At scale 1, a block of up to [`BLOCK`] columns and the block of their mirrors, gathered
+    /// A block of up to [`BLOCK`] columns and at scale 1 the block of their mirrors, gathered
     /// row by row: row `i` of column `b` of a block of `nb` at `i * nb + b`, the mirrors' after
     /// `BLOCK * hp`.
     pub(super) block_re: Vec<V>,
@@ -110,7 +110,7 @@ impl Grid {
     pub(crate) fn new(geo: &Geometry, pool: &Pool) -> Self {
         let n = geo.hp * geo.wp;
         let (phase, pair) = if geo.s > 1 { (n, 0) } else { (0, 2 * geo.hp) };
-        let block = if geo.s > 1 { 0 } else { 2 * BLOCK * geo.hp };
+        let block = 2 * BLOCK * geo.hp;
         let line = geo.hp.max(geo.wp);
         let scratch = geo.plan_h.scratch_len().max(geo.plan_w.scratch_len());
         Self {

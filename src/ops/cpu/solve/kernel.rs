@@ -290,10 +290,12 @@ simd_fn! {
             }
             return;
         }
+        // The columns in blocks of BLOCK adjacent ones, as at scale 1 (the first half of the
+        // block buffers).
+        let (block_re, block_im) = (&mut block_re[..BLOCK * hp], &mut block_im[..BLOCK * hp]);
         let t = profile::time_shared(OpKind::Columns, || (hp * wp) as f64);
-        for j in 0..wp {
-            forward_column(s, geo, (re, im), j, (line_re, line_im), scratch);
-        }
+        let block = (&mut *block_re, &mut *block_im);
+        transform_columns(s, geo, (re, im), block, (line_re, line_im), scratch, false);
         drop(t);
         let FilterRef::Phases(g) = filter else {
             panic!("at scale s > 1 the transfer functions are built whole")
@@ -308,9 +310,8 @@ simd_fn! {
                 let at = (v, (wp - v) % wp, wp);
                 filter_column(s, geo, (gp, v, wq), v, src, (phase_re, phase_im), at);
             }
-            for j in 0..wp {
-                inverse_column(s, geo, (phase_re, phase_im), j, (line_re, line_im), scratch);
-            }
+            let (grid, block) = ((&mut **phase_re, &mut **phase_im), (&mut *block_re, &mut *block_im));
+            transform_columns(s, geo, grid, block, (line_re, line_im), scratch, true);
             drop(t);
             if let Some(out) = out.as_deref_mut() {
                 let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
@@ -333,6 +334,39 @@ fn prefetch_row((re, im): (&[V], &[V]), k: usize, len: usize) {
     for j in (k..k + len).step_by(2) {
         prefetch(&re[j]);
         prefetch(&im[j]);
+    }
+}
+
+/// The transforms of every column of the grid `(re, im)`, in place (`inverse`: the forward
+/// transform with the parts swapped), a block of up to [`BLOCK`] adjacent columns at a time:
+/// gathered row by row (whole cache lines), transformed there, scattered back.
+#[inline(always)]
+fn transform_columns<S: Simd>(
+    s: S,
+    geo: &Geometry,
+    (re, im): (&mut [V], &mut [V]),
+    (br, bi): (&mut [V], &mut [V]),
+    (line_re, line_im): (&mut [V], &mut [V]),
+    scratch: &mut [V],
+    inverse: bool,
+) {
+    let (hp, wp) = (geo.hp, geo.wp);
+    for c0 in (0..wp).step_by(BLOCK) {
+        let nb = BLOCK.min(wp - c0);
+        gather_columns((re, im), wp, c0, nb, (&mut *br, &mut *bi), hp);
+        for k in 0..nb {
+            if inverse {
+                let out = (&mut *line_im, &mut *line_re);
+                geo.plan_h.forward(s, (&*bi, &*br), (k, nb), out, scratch);
+            } else {
+                let out = (&mut *line_re, &mut *line_im);
+                geo.plan_h.forward(s, (&*br, &*bi), (k, nb), out, scratch);
+            }
+            for i in 0..hp {
+                (br[i * nb + k], bi[i * nb + k]) = (line_re[i], line_im[i]);
+            }
+        }
+        scatter_columns(geo, (&*br, &*bi), nb, (re, im), c0);
     }
 }
 
