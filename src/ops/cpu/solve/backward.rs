@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use super::grid::{fill_padding, lanes_to_rows, rows_to_lanes, Geometry, Grid};
+use super::grid::{fill_padding, lanes_to_rows, load_row, rows_to_lanes, Geometry, Grid};
 use super::kernel::{forward_column, inverse_column};
 use super::{pool, GROUP};
 use crate::ops::cpu::simd::{simd_fn, Isa, Simd, LANES, V};
@@ -445,15 +445,8 @@ fn split<S: Simd>(s: S, (zr, zi): (V, V), (mr, mi): (V, V)) -> ((V, V), (V, V)) 
 
 /// Loads `count` planes `(h, w)` into the grid and fills its padding.
 fn load_padded(geo: &Geometry, (re, im): (&mut [V], &mut [V]), planes: &[f32], count: usize) {
-    let hw = geo.h * geo.w;
     for i in 0..geo.h {
-        let at = geo.inner(i, 0);
-        rows_to_lanes(
-            (&mut re[at..][..geo.w], &mut im[at..][..geo.w]),
-            &planes[i * geo.w..],
-            hw,
-            count,
-        );
+        load_row(geo, (&mut *re, &mut *im), planes, count, i);
     }
     fill_padding(geo, (re, im));
 }

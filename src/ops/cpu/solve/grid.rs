@@ -141,6 +141,21 @@ impl Grid {
     }
 }
 
+/// Writes row `i` of `count` planes `(h, w)` into the interior of the grid `(re, im)`, zeros in
+/// the unused lanes.
+#[inline(always)]
+pub(super) fn load_row(
+    geo: &Geometry,
+    (re, im): (&mut [V], &mut [V]),
+    planes: &[f32],
+    count: usize,
+    i: usize,
+) {
+    let at = geo.inner(i, 0);
+    let lanes = (&mut re[at..][..geo.w], &mut im[at..][..geo.w]);
+    rows_to_lanes(lanes, &planes[i * geo.w..], geo.h * geo.w, count);
+}
+
 /// Fills the padding of the grid `(re, im)` from its interior.
 pub(super) fn fill_padding(geo: &Geometry, (re, im): (&mut [V], &mut [V])) {
     let (pad, wp) = (geo.pad, geo.wp);

@@ -10,7 +10,7 @@
 use std::ops::Range;
 
 use super::filters::{lanes_column, FilterRef};
-use super::grid::{fill_padding_rows, fill_row_padding, lanes_to_rows, rows_to_lanes};
+use super::grid::{fill_padding_rows, fill_row_padding, lanes_to_rows, load_row};
 use super::grid::{Geometry, Grid, BLOCK};
 use super::GROUP;
 use crate::ops::cpu::act::gelu;
@@ -22,7 +22,7 @@ impl Grid {
     /// and transforms each row as it is written (its padding columns filled first); the
     /// padding rows are filled from them by the solve.
     pub(crate) fn load(&mut self, geo: &Geometry, planes: &[f32], count: usize) {
-        let (hw, wp) = (geo.h * geo.w, geo.wp);
+        let wp = geo.wp;
         let Grid {
             re,
             im,
@@ -32,14 +32,8 @@ impl Grid {
             ..
         } = self;
         for i in 0..geo.h {
-            let at = geo.inner(i, 0);
-            rows_to_lanes(
-                (&mut re[at..][..geo.w], &mut im[at..][..geo.w]),
-                &planes[i * geo.w..],
-                hw,
-                count,
-            );
-            let row = at - geo.pad;
+            load_row(geo, (re, im), planes, count, i);
+            let row = (geo.pad + i) * wp;
             let row = (&mut re[row..][..wp], &mut im[row..][..wp]);
             transform_rows(geo, row, (line_re, line_im), scratch);
         }
