@@ -2,10 +2,11 @@
 //! transforms (of the rows the crop keeps only) and the crop, through GELU when asked.
 //!
 //! The transforms along the rows run as the rows are written or read, while they are in cache:
-//! [`Grid::load`] and the fused block's expand ([`transform_rows`]) transform each row as it is
-//! loaded, and the inverse of each row is read straight into the output ([`Grid::solve_into`])
-//! or, in the fused block, into the reducing 1x1's tile ([`inverse_rows`]). A grid then goes
-//! through memory once between its load and its solve, and once back, rather than three times.
+//! [`Grid::load`] and the fused block's expand ([`RowWork::transform`]) transform each row as it
+//! is loaded, and the inverse of each row is read straight into the output
+//! ([`Grid::solve_into`]) or, in the fused block, into a thread's buffer that the reducing 1x1
+//! reads ([`RowWork::inverse_rows`]). A grid then goes through memory once between its load and
+//! its solve, and once back, rather than three times.
 
 use std::ops::Range;
 
@@ -42,8 +43,8 @@ impl Grid {
     /// Solves the group at scale 1 on a grid whose interior rows are transformed (by
     /// [`Grid::load`] or [`transform_rows`]): the padding rows, the column transforms, the
     /// filter and the inverse column transforms, in place. The grid is left with the row
-    /// transforms of the solution, which [`inverse_rows`] reads. `g` is the group's transfer
-    /// function.
+    /// transforms of the solution, which [`RowWork::inverse_rows`] reads. `g` is the group's
+    /// transfer function.
     pub(crate) fn solve(&mut self, geo: &Geometry, g: &mut FilterRef) {
         assert!(geo.s == 1, "the in-place solve is for scale 1");
         let _t = profile::time_shared(OpKind::Fft, || geo.flops(GROUP));
@@ -71,16 +72,6 @@ pub(crate) struct RowWork {
     line_re: Vec<V>,
     line_im: Vec<V>,
     scratch: Vec<V>,
-}
-
-impl RowWork {
-    pub(crate) fn new(geo: &Geometry) -> Self {
-        Self {
-            line_re: vec![V::default(); geo.wp],
-            line_im: vec![V::default(); geo.wp],
-            scratch: vec![V::default(); geo.plan_w.scratch_len()],
-        }
-    }
 }
 
 /// Transforms, in place, the rows of a grid that `rows` holds (`wp` points each, one after
@@ -115,6 +106,14 @@ simd_fn! {
 }
 
 impl RowWork {
+    pub(crate) fn new(geo: &Geometry) -> Self {
+        Self {
+            line_re: vec![V::default(); geo.wp],
+            line_im: vec![V::default(); geo.wp],
+            scratch: vec![V::default(); geo.plan_w.scratch_len()],
+        }
+    }
+
     /// Transforms rows of a grid in place, as [`transform_rows`].
     pub(crate) fn transform(&mut self, geo: &Geometry, rows: (&mut [V], &mut [V])) {
         let line = (&mut self.line_re[..], &mut self.line_im[..]);
