@@ -110,7 +110,7 @@ impl Grid {
     pub(crate) fn new(geo: &Geometry, pool: &Pool) -> Self {
         let n = geo.hp * geo.wp;
         let (phase, pair) = if geo.s > 1 { (n, 0) } else { (0, 2 * geo.hp) };
-        let block = 2 * BLOCK * geo.hp;
+        let block = if geo.s > 1 { BLOCK } else { 2 * BLOCK } * geo.hp;
         let line = geo.hp.max(geo.wp);
         let scratch = geo.plan_h.scratch_len().max(geo.plan_w.scratch_len());
         Self {

@@ -283,8 +283,7 @@ simd_fn! {
             }
             return;
         }
-        // The columns in blocks of BLOCK adjacent ones, as at scale 1 (the first half of the
-        // block buffers).
+        // The columns in blocks of BLOCK adjacent ones, as at scale 1 (no mirror blocks).
         let (block_re, block_im) = (&mut block_re[..BLOCK * hp], &mut block_im[..BLOCK * hp]);
         let t = profile::time_shared(OpKind::Columns, || (hp * wp) as f64);
         let block = (&mut *block_re, &mut *block_im);
