@@ -4,7 +4,8 @@
 //!   for lengths with one large prime factor (which one the solve takes is marked);
 //! - `solve`: one group's solve at scale 1 (256 x 256, padding 2 and 6; `SOLVE=HxW+P,...` for
 //!   others), its transfer functions made while solving, with the time per grid point of its
-//!   passes along the rows and along the columns;
+//!   passes along the rows and along the columns, its columns transformed two at a time and
+//!   one at a time (the solve's choice first);
 //! - `scaled`: one group's transfer functions at scale 2 (the SR upsamplers: kernel 2);
 //! - `transfer`: one group's transfer-function columns at scale 1 in f64, per kernel size;
 //! - `sweep`: the lane FFT at every length from 64 to 8192 (`SWEEP=LO..HI` for others), its
@@ -46,13 +47,19 @@ fn fft_us(mut fft: LaneFft) -> f64 {
     per_call(|reps| fft.run(reps)) * 1e6
 }
 
+/// [`fft_us`] with two lines per transform.
+fn fft_pairs_us(mut fft: LaneFft) -> f64 {
+    per_call(|reps| fft.run_pairs(reps)) * 1e6
+}
+
 fn lanes() {
     for m in [
         216, 243, 256, 288, 384, 432, 512, 648, 768, 864, 1024, 1296, 1536, 2048, 3072, 4096,
     ] {
         let t = fft_us(LaneFft::new(m));
+        let t2 = fft_pairs_us(LaneFft::new(m));
         println!(
-            "m={m:5} {:?}: {t:8.2} us, {:.2} ns per point",
+            "m={m:5} {:?}: {t:8.2} us, {:.2} ns per point; in pairs {t2:8.2} us",
             factors(m),
             t * 1e3 / (m as f64 * (m as f64).log2())
         );
@@ -84,6 +91,10 @@ fn lanes() {
             factors(n),
         );
         at.insert(n, (d, plan));
+    }
+    for n in photo {
+        let (one, two) = (fft_us(LaneFft::new(n)), fft_pairs_us(LaneFft::new(n)));
+        println!("n={n:5} as planned: {one:8.2} us per transform, {two:8.2} in pairs");
     }
     // The transforms of one group at 3004 x 4006 (scale 1): rows and columns, both ways.
     let (d4, d3) = (at[&4006].0, at[&3004].0);
@@ -164,28 +175,39 @@ fn solve() -> Res<()> {
     // The profile counts a pass's time over the pool's threads; one group runs on one.
     let threads = rayon::current_num_threads() as f64;
     for (h, w, pad) in sizes {
-        let mut g = GroupSolve::new((h, w), pad, 3)?;
-        profile::reset();
-        profile::enable(true);
-        let ms = per_call(|reps| (0..reps).for_each(|_| g.run())) * 1e3;
-        profile::enable(false);
-        let snap = profile::snapshot();
-        let pass = |k: OpKind| {
-            let (secs, work) = snap[k as usize];
-            secs * threads * 1e9 / work.max(1.0)
-        };
-        let share = |k: OpKind| {
-            snap[k as usize].0 * threads / (snap.iter().map(|s| s.0).sum::<f64>() * threads)
-        };
-        println!(
-            "{h}x{w}+2*{pad} ({:?} x {:?}): {ms:.2} ms per group; rows {:.2} ns per point, \
-             columns {:.2} (transfer functions made while solving: {:.0}% of the group)",
-            factors(h + 2 * pad),
-            factors(w + 2 * pad),
-            pass(OpKind::Rows),
-            pass(OpKind::Columns),
-            share(OpKind::Transfer) * 100.0
-        );
+        let chosen = GroupSolve::new((h, w), pad, 3)?.column_pairs();
+        // The solve's choice first, then the other.
+        for pairs in [chosen, !chosen] {
+            let mut g = GroupSolve::new((h, w), pad, 3)?.with_column_pairs(pairs);
+            profile::reset();
+            profile::enable(true);
+            let ms = per_call(|reps| (0..reps).for_each(|_| g.run())) * 1e3;
+            profile::enable(false);
+            let snap = profile::snapshot();
+            let pass = |k: OpKind| {
+                let (secs, work) = snap[k as usize];
+                secs * threads * 1e9 / work.max(1.0)
+            };
+            let share = |k: OpKind| {
+                snap[k as usize].0 * threads / (snap.iter().map(|s| s.0).sum::<f64>() * threads)
+            };
+            println!(
+                "{h}x{w}+2*{pad} ({:?} x {:?}), columns {} at a time{}: {ms:.2} ms per group; \
+                 rows {:.2} ns per point, columns {:.2} (transfer functions made while \
+                 solving: {:.0}% of the group)",
+                factors(h + 2 * pad),
+                factors(w + 2 * pad),
+                if pairs { "two" } else { "one" },
+                if pairs == chosen {
+                    " (the solve's choice)"
+                } else {
+                    ""
+                },
+                pass(OpKind::Rows),
+                pass(OpKind::Columns),
+                share(OpKind::Transfer) * 100.0
+            );
+        }
     }
     Ok(())
 }

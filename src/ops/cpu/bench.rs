@@ -4,7 +4,7 @@
 use candle_core::{Device, Result, Tensor};
 
 use super::lanes::{self, Plan};
-use super::simd::{simd_fn, V};
+use super::simd::{simd_fn, V, V2};
 use super::solve::{Filters, Geometry, Grid, Pool, GROUP};
 use crate::ops::pad::PaddingMode;
 use crate::ops::transfer::{Columns, Taps};
@@ -69,6 +69,42 @@ impl LaneFft {
         transforms(&self.plan, &self.x, (re, im), &mut self.scratch, reps);
         std::hint::black_box(&self.out);
     }
+
+    /// Runs `reps` forward transforms as `reps / 2` of two lines at once (as the solve's
+    /// column pass runs adjacent columns).
+    pub fn run_pairs(&mut self, reps: usize) {
+        let n = self.plan.len();
+        let (x_re, x_im) = lanes::signal(2 * n);
+        let pack = |v: Vec<V>| -> Vec<V2> { v.chunks(2).map(|c| V2([c[0], c[1]])).collect() };
+        let x = (pack(x_re), pack(x_im));
+        let mut out = (vec![V2::default(); n], vec![V2::default(); n]);
+        let mut scratch = vec![V2::default(); self.plan.scratch_len()];
+        let out_pairs = (&mut out.0[..], &mut out.1[..]);
+        pair_transforms(
+            &self.plan,
+            (&x.0, &x.1),
+            out_pairs,
+            &mut scratch,
+            reps.div_ceil(2),
+        );
+        std::hint::black_box(&out);
+    }
+}
+
+simd_fn! {
+    fn pair_transforms(
+        s,
+        plan: &Plan,
+        x: (&[V2], &[V2]),
+        out: (&mut [V2], &mut [V2]),
+        scratch: &mut [V2],
+        reps: usize,
+    ) {
+        let (re, im) = out;
+        for _ in 0..reps {
+            plan.forward(s, x, (0, 1), (&mut *re, &mut *im), scratch);
+        }
+    }
 }
 
 simd_fn! {
@@ -112,6 +148,19 @@ impl GroupSolve {
             geo,
             pool,
         })
+    }
+
+    /// The same, its columns transformed two at a time or one at a time (`pairs`), whatever
+    /// the solve would choose for the size.
+    pub fn with_column_pairs(mut self, pairs: bool) -> Self {
+        self.geo.column_pairs = pairs;
+        self.grid = Grid::new(&self.geo, &self.pool);
+        self
+    }
+
+    /// Whether the solve transforms this size's columns two at a time.
+    pub fn column_pairs(&self) -> bool {
+        self.geo.column_pairs
     }
 
     pub fn run(&mut self) {

@@ -12,10 +12,12 @@
 //! ([`crate::ops::cpu::solve`]) is its only user.
 
 use std::f64::consts::PI;
+use std::marker::PhantomData;
+use std::ops::Range;
 
 use rustfft::num_complex::Complex;
 
-use crate::ops::cpu::simd::{simd_fn, Simd, V};
+use crate::ops::cpu::simd::{simd_fn, Simd, V, V2};
 
 /// Primes above this take Rader's algorithm where `p - 1` has no prime factor above it (so
 /// its sub-plan is direct): the direct DFT's O(p²) is as fast up to about here (`cargo bench
@@ -24,6 +26,11 @@ const RADER_ABOVE: usize = 90;
 
 /// Other primes above this take Bluestein's algorithm, the rest the direct DFT.
 const BLUESTEIN_ABOVE: usize = 360;
+
+/// Bytes of a transform's points (both parts) that the stages run on depth first, sub-transform
+/// by sub-transform, so that they stay in the L1 cache (half of a 48 KiB one, leaving room for
+/// the twiddles and the input).
+const IN_CACHE: usize = 24 << 10;
 
 /// The odd factors whose butterfly is unrolled.
 const UNROLLED: [usize; 5] = [3, 5, 7, 11, 13];
@@ -205,15 +212,15 @@ pub(crate) struct Plan {
 /// itself when `x` is `None`; with `tw`, input `q >= 1` is first multiplied by the twiddle at
 /// `(q - 1) * step`.
 #[derive(Clone, Copy)]
-struct Input<'a> {
-    x: Option<(&'a [V], &'a [V])>,
+struct Input<'a, T> {
+    x: Option<(&'a [T], &'a [T])>,
     at: (usize, usize),
     tw: Option<(&'a [f32], &'a [f32], usize)>,
 }
 
 /// `(a + ib)(c + id)` for the scalar twiddle `c + id`.
 #[inline(always)]
-fn twiddle<S: Simd>(s: S, (a, b): (V, V), (c, d): (f32, f32)) -> (V, V) {
+fn twiddle<S: Simd, T: Line>(s: On<S, T>, (a, b): (T, T), (c, d): (f32, f32)) -> (T, T) {
     (
         s.sub(s.scale(a, c), s.scale(b, d)),
         s.madd(s.scale(a, d), b, c),
@@ -358,51 +365,87 @@ impl Plan {
     /// names, as the caller's `_s` does: the transform is compiled once per instruction set
     /// (not inlined into each caller), which keeps the code and its build time small.
     #[inline(always)]
-    pub(crate) fn forward<S: Simd>(
+    pub(crate) fn forward<S: Simd, T: Line>(
         &self,
         _s: S,
-        x: (&[V], &[V]),
+        x: (&[T], &[T]),
         at: (usize, usize),
-        out: (&mut [V], &mut [V]),
-        scratch: &mut [V],
+        out: (&mut [T], &mut [T]),
+        scratch: &mut [T],
     ) {
-        transform(self, x, at, out, scratch)
+        T::transform(self, x, at, out, scratch)
     }
 
     /// [`Self::forward`], inlined into [`transform`].
     #[inline(always)]
-    fn run<S: Simd>(
+    fn run<S: Simd, T: Line>(
         &self,
         s: S,
-        (x_re, x_im): (&[V], &[V]),
+        (x_re, x_im): (&[T], &[T]),
         (off, stride): (usize, usize),
-        (re, im): (&mut [V], &mut [V]),
-        scratch: &mut [V],
+        (re, im): (&mut [T], &mut [T]),
+        scratch: &mut [T],
     ) {
+        let s = On::<S, T>(s, PhantomData);
         let (n, p) = (self.n, self.leaf);
         let (re, im) = (&mut re[..n], &mut im[..n]);
         let gap = n / p;
         let leaf_tables = self.tables(p);
-        for (b, &o) in self.leaf_offsets.iter().enumerate() {
-            let src = Input {
-                x: Some((x_re, x_im)),
-                at: (off + o * stride, gap * stride),
-                tw: None,
-            };
-            Self::butterfly(s, p, leaf_tables, src, (re, im), (b * p, 1), scratch);
+        // Depth first while the sub-transforms fit in the L1 cache: the leaves of a span and
+        // the stages within it run before the next span, then the stages above on the whole.
+        let fits = |len: usize| len * 2 * size_of::<T>() <= IN_CACHE;
+        let lower = self
+            .stages
+            .iter()
+            .take_while(|st| fits(st.p * st.m))
+            .count();
+        let span = self.stages[..lower].last().map_or(p, |st| st.p * st.m);
+        for start in (0..n).step_by(span) {
+            for b in start / p..(start + span) / p {
+                let src = Input {
+                    x: Some((x_re, x_im)),
+                    at: (off + self.leaf_offsets[b] * stride, gap * stride),
+                    tw: None,
+                };
+                Self::butterfly(s, p, leaf_tables, src, (re, im), (b * p, 1), scratch);
+            }
+            for st in &self.stages[..lower] {
+                self.stage(s, st, start..start + span, (re, im), scratch);
+            }
         }
-        for st in &self.stages {
-            let (p, m) = (st.p, st.m);
-            let tables = self.tables(p);
-            for base in (0..n).step_by(p * m) {
-                for k in 0..m {
-                    let src = Input {
-                        x: None,
-                        at: (base + k, m),
-                        tw: Some((&st.tw_re[k..], &st.tw_im[k..], m)),
-                    };
-                    Self::butterfly(s, p, tables, src, (re, im), (base + k, m), scratch);
-                }
+        for st in &self.stages[lower..] {
+            self.stage(s, st, 0..n, (re, im), scratch);
+        }
+    }
+
+    /// The butterflies of stage `st` over the points `range` (whole sub-transforms of it).
+    #[inline(always)]
+    fn stage<S: Simd, T: Line>(
+        &self,
+        s: On<S, T>,
+        st: &Stage,
+        range: Range<usize>,
+        (re, im): (&mut [T], &mut [T]),
+        scratch: &mut [T],
+    ) {
+        let (p, m) = (st.p, st.m);
+        let tables = self.tables(p);
+        for base in range.step_by(p * m) {
+            for k in 0..m {
+                let src = Input {
+                    x: None,
+                    at: (base + k, m),
+                    tw: Some((&st.tw_re[k..], &st.tw_im[k..], m)),
+                };
+                Self::butterfly(
+                    s,
+                    p,
+                    tables,
+                    src,
+                    (&mut *re, &mut *im),
+                    (base + k, m),
+                    scratch,
+                );
             }
         }
     }
@@ -423,14 +466,14 @@ impl Plan {
     /// A DFT of length `p` of `src` into `dst[base + q * stride]`, `q < p`, with the factor's
     /// `tables`.
     #[inline(always)]
-    fn butterfly<S: Simd>(
-        s: S,
+    fn butterfly<S: Simd, T: Line>(
+        s: On<S, T>,
         p: usize,
         tables: Tables,
-        src: Input,
-        (re, im): (&mut [V], &mut [V]),
+        src: Input<T>,
+        (re, im): (&mut [T], &mut [T]),
         (base, stride): (usize, usize),
-        scratch: &mut [V],
+        scratch: &mut [T],
     ) {
         // Input `q`, twiddled (a macro, not a closure: closures do not inherit the caller's
         // target features).
@@ -485,14 +528,14 @@ impl Plan {
                     for q in 0..l {
                         (ar[q], ai[q]) = get!(r.gather[q]);
                     }
-                    transform(&r.sub, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
+                    T::transform(&r.sub, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
                     (re[base], im[base]) = (s.add(x0r, fr[0]), s.add(x0i, fi[0]));
                     let (br, bi) = (&r.b_re[..l], &r.b_im[..l]);
                     for k in 0..l {
                         (fr[k], fi[k]) = twiddle(s, (fr[k], fi[k]), (br[k], bi[k]));
                     }
                     // The inverse: parts swapped on both sides.
-                    transform(&r.sub, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
+                    T::transform(&r.sub, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
                     for (m, &k) in r.scatter.iter().enumerate() {
                         let i = base + k * stride;
                         (re[i], im[i]) = (s.add(x0r, ar[m]), s.add(x0i, ai[m]));
@@ -511,14 +554,14 @@ impl Plan {
                     for j in 0..p {
                         (ar[j], ai[j]) = twiddle(s, get!(j), (wr[j], wi[j]));
                     }
-                    ar[p..].fill(V::default());
-                    ai[p..].fill(V::default());
-                    transform(&c.sub, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
+                    ar[p..].fill(T::default());
+                    ai[p..].fill(T::default());
+                    T::transform(&c.sub, (&*ar, &*ai), (0, 1), (&mut *fr, &mut *fi), rest);
                     let (br, bi) = (&c.b_re[..m], &c.b_im[..m]);
                     for k in 0..m {
                         (fr[k], fi[k]) = twiddle(s, (fr[k], fi[k]), (br[k], bi[k]));
                     }
-                    transform(&c.sub, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
+                    T::transform(&c.sub, (&*fi, &*fr), (0, 1), (&mut *ai, &mut *ar), rest);
                     for k in 0..p {
                         let i = base + k * stride;
                         (re[i], im[i]) = twiddle(s, (ar[k], ai[k]), (wr[k], wi[k]));
@@ -562,7 +605,7 @@ impl Plan {
                         let (k, h) = ($k, $h);
                         let (c, sn) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
                         let (mut cr, mut ci, mut dr, mut di) =
-                            ($x0.0, $x0.1, V::default(), V::default());
+                            ($x0.0, $x0.1, T::default(), T::default());
                         for j in 0..h {
                             cr = s.madd(cr, $ar[j], c[j]);
                             ci = s.madd(ci, $ai[j], c[j]);
@@ -577,7 +620,7 @@ impl Plan {
                 macro_rules! fixed {
                     ($h:literal) => {{
                         const H: usize = $h;
-                        let z = V::default();
+                        let z = T::default();
                         let (mut ar, mut ai, mut br, mut bi) = ([z; H], [z; H], [z; H], [z; H]);
                         let x0 = pairs!(ar, ai, br, bi, H);
                         for k in 0..H {
@@ -607,7 +650,7 @@ impl Plan {
                 while k + 1 < h {
                     let (c0, s0) = (&odd.cos[k * h..][..h], &odd.sin[k * h..][..h]);
                     let (c1, s1) = (&odd.cos[(k + 1) * h..][..h], &odd.sin[(k + 1) * h..][..h]);
-                    let z = V::default();
+                    let z = T::default();
                     let (mut cr0, mut ci0, mut dr0, mut di0) = (x0r, x0i, z, z);
                     let (mut cr1, mut ci1, mut dr1, mut di1) = (x0r, x0i, z, z);
                     for j in 0..h {
@@ -633,7 +676,7 @@ impl Plan {
 }
 
 simd_fn! {
-    /// [`Plan::forward`].
+    /// [`Plan::forward`] on [`V`].
     fn transform(
         s,
         plan: &Plan,
@@ -643,6 +686,124 @@ simd_fn! {
         scratch: &mut [V],
     ) {
         plan.run(s, x, at, out, scratch)
+    }
+}
+
+simd_fn! {
+    /// [`Plan::forward`] on [`V2`].
+    fn transform2(
+        s,
+        plan: &Plan,
+        x: (&[V2], &[V2]),
+        at: (usize, usize),
+        out: (&mut [V2], &mut [V2]),
+        scratch: &mut [V2],
+    ) {
+        plan.run(s, x, at, out, scratch)
+    }
+}
+
+/// What the lane FFT transforms: [`V`], a line of [`LANES`](crate::ops::cpu::simd::LANES)
+/// transforms, or [`V2`], two lines side by side (one AVX-512 register). Each lane takes the
+/// same operations either way, so the same bits.
+pub(crate) trait Line: Copy + Default {
+    fn add<S: Simd>(s: S, a: Self, b: Self) -> Self;
+    fn sub<S: Simd>(s: S, a: Self, b: Self) -> Self;
+    fn scale<S: Simd>(s: S, a: Self, c: f32) -> Self;
+    fn madd<S: Simd>(s: S, acc: Self, a: Self, c: f32) -> Self;
+    /// [`Plan::forward`], compiled once per instruction set.
+    fn transform(
+        plan: &Plan,
+        x: (&[Self], &[Self]),
+        at: (usize, usize),
+        out: (&mut [Self], &mut [Self]),
+        scratch: &mut [Self],
+    );
+}
+
+impl Line for V {
+    #[inline(always)]
+    fn add<S: Simd>(s: S, a: V, b: V) -> V {
+        s.add(a, b)
+    }
+    #[inline(always)]
+    fn sub<S: Simd>(s: S, a: V, b: V) -> V {
+        s.sub(a, b)
+    }
+    #[inline(always)]
+    fn scale<S: Simd>(s: S, a: V, c: f32) -> V {
+        s.scale(a, c)
+    }
+    #[inline(always)]
+    fn madd<S: Simd>(s: S, acc: V, a: V, c: f32) -> V {
+        s.madd(acc, a, c)
+    }
+    fn transform(
+        plan: &Plan,
+        x: (&[V], &[V]),
+        at: (usize, usize),
+        out: (&mut [V], &mut [V]),
+        scratch: &mut [V],
+    ) {
+        transform(plan, x, at, out, scratch)
+    }
+}
+
+impl Line for V2 {
+    #[inline(always)]
+    fn add<S: Simd>(s: S, a: V2, b: V2) -> V2 {
+        s.add2(a, b)
+    }
+    #[inline(always)]
+    fn sub<S: Simd>(s: S, a: V2, b: V2) -> V2 {
+        s.sub2(a, b)
+    }
+    #[inline(always)]
+    fn scale<S: Simd>(s: S, a: V2, c: f32) -> V2 {
+        s.scale2(a, c)
+    }
+    #[inline(always)]
+    fn madd<S: Simd>(s: S, acc: V2, a: V2, c: f32) -> V2 {
+        s.madd2(acc, a, c)
+    }
+    fn transform(
+        plan: &Plan,
+        x: (&[V2], &[V2]),
+        at: (usize, usize),
+        out: (&mut [V2], &mut [V2]),
+        scratch: &mut [V2],
+    ) {
+        transform2(plan, x, at, out, scratch)
+    }
+}
+
+/// `S`'s arithmetic on `T`, which the transform calls as it would the token's on [`V`].
+struct On<S, T>(S, PhantomData<T>);
+
+impl<S: Copy, T> Clone for On<S, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: Copy, T> Copy for On<S, T> {}
+
+impl<S: Simd, T: Line> On<S, T> {
+    #[inline(always)]
+    fn add(self, a: T, b: T) -> T {
+        T::add(self.0, a, b)
+    }
+    #[inline(always)]
+    fn sub(self, a: T, b: T) -> T {
+        T::sub(self.0, a, b)
+    }
+    #[inline(always)]
+    fn scale(self, a: T, c: f32) -> T {
+        T::scale(self.0, a, c)
+    }
+    #[inline(always)]
+    fn madd(self, acc: T, a: T, c: f32) -> T {
+        T::madd(self.0, acc, a, c)
     }
 }
 
@@ -657,7 +818,7 @@ pub(crate) fn signal(n: usize) -> (Vec<V>, Vec<V>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::cpu::simd::{Isa, Plain, LANES};
+    use crate::ops::cpu::simd::{Isa, Plain, LANES, V2};
     use crate::ops::fft::reference;
 
     /// The forward transform, and the inverse of it (parts swapped in and out), unnormalised.
@@ -683,6 +844,67 @@ mod tests {
         /// runs it.
         fn forward_and_back_simd(s, plan: &Plan, x: (&[V], &[V])) -> [Vec<V>; 4] {
             forward_and_back(s, plan, x)
+        }
+    }
+
+    simd_fn! {
+        /// The forward transform of strided pairs on the instruction set [`Isa::current`]
+        /// names.
+        fn forward_pairs_simd(s, plan: &Plan, x: (&[V2], &[V2]), at: (usize, usize)) -> (Vec<V2>, Vec<V2>) {
+            let n = plan.n;
+            let mut scratch = vec![V2::default(); plan.scratch_len()];
+            let (mut re, mut im) = (vec![V2::default(); n], vec![V2::default(); n]);
+            plan.forward(s, x, at, (&mut re, &mut im), &mut scratch);
+            (re, im)
+        }
+    }
+
+    simd_fn! {
+        /// [`forward_pairs_simd`] on single lines.
+        fn forward_simd(s, plan: &Plan, x: (&[V], &[V]), at: (usize, usize)) -> (Vec<V>, Vec<V>) {
+            let n = plan.n;
+            let mut scratch = vec![V::default(); plan.scratch_len()];
+            let (mut re, mut im) = (vec![V::default(); n], vec![V::default(); n]);
+            plan.forward(s, x, at, (&mut re, &mut im), &mut scratch);
+            (re, im)
+        }
+    }
+
+    /// Two lines transformed at once ([`V2`]) give each line's bits alone, on every
+    /// instruction set, on every path (butterflies of 4, 2, the unrolled and the general odd
+    /// ones, Rader's and Bluestein's algorithms), from strided input.
+    #[test]
+    fn pairs_give_the_bits_of_single_lines() {
+        for n in [64, 4 * 17, 2 * 3 * 5 * 7, 97, 4 * 257, 751, 2 * 383, 1024] {
+            let plan = Plan::new(n);
+            let (off, stride) = (1, 3);
+            let len = off + stride * n;
+            let lines = [signal(len), {
+                let (re, im) = signal(len + 5);
+                (re[5..].to_vec(), im[5..].to_vec())
+            }];
+            // Part 0 (real) or 1 (imaginary) of both lines, side by side.
+            let pack = |part: usize| -> Vec<V2> {
+                let at = |l: &(Vec<V>, Vec<V>), i: usize| if part == 0 { l.0[i] } else { l.1[i] };
+                (0..len)
+                    .map(|i| V2([at(&lines[0], i), at(&lines[1], i)]))
+                    .collect()
+            };
+            let (x_re, x_im) = (pack(0), pack(1));
+            for isa in Isa::available() {
+                let (re, im) = isa.run(|| forward_pairs_simd(&plan, (&x_re, &x_im), (off, stride)));
+                for (h, line) in lines.iter().enumerate() {
+                    let (want_re, want_im) =
+                        isa.run(|| forward_simd(&plan, (&line.0, &line.1), (off, stride)));
+                    let got_re: Vec<V> = re.iter().map(|v| v.0[h]).collect();
+                    let got_im: Vec<V> = im.iter().map(|v| v.0[h]).collect();
+                    let bits = |v: &[V]| -> Vec<u32> {
+                        v.iter().flat_map(|v| v.0.map(f32::to_bits)).collect()
+                    };
+                    assert!(bits(&got_re) == bits(&want_re), "{isa:?} n={n} line {h} re");
+                    assert!(bits(&got_im) == bits(&want_im), "{isa:?} n={n} line {h} im");
+                }
+            }
         }
     }
 

@@ -15,9 +15,48 @@ pub(crate) const LANES: usize = 8;
 #[repr(C, align(32))]
 pub(crate) struct V(pub(crate) [f32; LANES]);
 
-/// Arithmetic on [`V`]: AVX2 + FMA where the CPU has them ([`Avx2`]), plain loops elsewhere
-/// ([`Plain`]). The generic code calls it through a value, so the fast one can only be used
-/// after the CPU check that creates it.
+/// Two vectors side by side: one AVX-512 register, or two of the others. The lane FFT runs on
+/// it where it has two lines of transforms to do at once (two adjacent columns of a grid).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C, align(64))]
+pub(crate) struct V2(pub(crate) [V; 2]);
+
+/// The vectors of `v`, in order.
+pub(crate) fn halves_mut(v: &mut [V2]) -> &mut [V] {
+    // SAFETY: a `V2` is two `V` in a row (`repr(C)`), at an alignment that suits `V`; the
+    // mutable borrow carries over.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), 2 * v.len()) }
+}
+
+/// `v` as pairs of vectors (`v.len()` even, `v` at a pair's alignment: a part of [`halves_mut`]
+/// that starts at an even index).
+pub(crate) fn pairs(v: &[V]) -> &[V2] {
+    assert!(v.len().is_multiple_of(2), "pairs of {} vectors", v.len());
+    assert!(
+        v.as_ptr().cast::<V2>().is_aligned(),
+        "pairs of vectors at an odd address"
+    );
+    // SAFETY: `V2` is two `V` in a row (`repr(C)`) and `v` starts at its alignment (asserted),
+    // so `v`'s memory holds `v.len() / 2` of them; the borrow carries over.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 2) }
+}
+
+/// [`pairs`], mutable.
+pub(crate) fn pairs_mut(v: &mut [V]) -> &mut [V2] {
+    assert!(v.len().is_multiple_of(2), "pairs of {} vectors", v.len());
+    assert!(
+        v.as_ptr().cast::<V2>().is_aligned(),
+        "pairs of vectors at an odd address"
+    );
+    // SAFETY: as in `pairs`; the mutable borrow carries over.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() / 2) }
+}
+
+/// Arithmetic on [`V`] and [`V2`]: AVX2 + FMA where the CPU has them ([`Avx2`]), with AVX-512
+/// registers for [`V2`] where it has those too ([`Avx512`]), plain loops elsewhere
+/// ([`Plain`]). Each lane of a [`V2`] goes through the same operations as a lane of a [`V`]
+/// (so the same bits). The generic code calls it through a value, so the fast ones can only be
+/// used after the CPU check that creates them.
 pub(crate) trait Simd: Copy {
     fn add(self, a: V, b: V) -> V;
     fn sub(self, a: V, b: V) -> V;
@@ -38,6 +77,29 @@ pub(crate) trait Simd: Copy {
             self.sub(self.mul(a, c), self.mul(b, d)),
             self.add(self.mul(a, d), self.mul(b, c)),
         )
+    }
+    /// [`Simd::add`] on both halves.
+    #[inline(always)]
+    fn add2(self, a: V2, b: V2) -> V2 {
+        V2([self.add(a.0[0], b.0[0]), self.add(a.0[1], b.0[1])])
+    }
+    /// [`Simd::sub`] on both halves.
+    #[inline(always)]
+    fn sub2(self, a: V2, b: V2) -> V2 {
+        V2([self.sub(a.0[0], b.0[0]), self.sub(a.0[1], b.0[1])])
+    }
+    /// [`Simd::scale`] on both halves.
+    #[inline(always)]
+    fn scale2(self, a: V2, s: f32) -> V2 {
+        V2([self.scale(a.0[0], s), self.scale(a.0[1], s)])
+    }
+    /// [`Simd::madd`] on both halves.
+    #[inline(always)]
+    fn madd2(self, acc: V2, a: V2, s: f32) -> V2 {
+        V2([
+            self.madd(acc.0[0], a.0[0], s),
+            self.madd(acc.0[1], a.0[1], s),
+        ])
     }
 }
 
@@ -146,15 +208,85 @@ impl Isa {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2(());
 
+/// [`Avx2`], with [`V2`] in AVX-512 registers; a value exists only where [`Isa::current`]
+/// allows AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(Avx2);
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Avx2, Isa, Simd, V};
+    use super::{Avx2, Avx512, Isa, Simd, V, V2};
     use std::arch::x86_64::*;
 
     impl Avx2 {
         /// `Some` if the kernels called on this thread may use AVX2 and FMA.
         pub(crate) fn get() -> Option<Self> {
             (Isa::current() >= Isa::Avx2).then_some(Avx2(()))
+        }
+    }
+
+    impl Avx512 {
+        /// `Some` if the kernels called on this thread may use AVX-512.
+        pub(crate) fn get() -> Option<Self> {
+            (Isa::current() >= Isa::Avx512).then_some(Avx512(Avx2(())))
+        }
+    }
+
+    #[inline(always)]
+    fn m2(v: V2) -> __m512 {
+        // SAFETY: `V2` is 16 f32, the size of `__m512` (its alignment only matters in memory).
+        unsafe { std::mem::transmute::<V2, __m512>(v) }
+    }
+
+    #[inline(always)]
+    fn v2(m: __m512) -> V2 {
+        // SAFETY: as in `m2`.
+        unsafe { std::mem::transmute::<__m512, V2>(m) }
+    }
+
+    // SAFETY (each block below): an `Avx512` value exists only if `get` found AVX-512 (and so
+    // AVX2 and FMA). [`V`]'s arithmetic is `Avx2`'s; a lane of [`V2`] takes the same operation.
+    impl Simd for Avx512 {
+        #[inline(always)]
+        fn add(self, a: V, b: V) -> V {
+            self.0.add(a, b)
+        }
+        #[inline(always)]
+        fn sub(self, a: V, b: V) -> V {
+            self.0.sub(a, b)
+        }
+        #[inline(always)]
+        fn mul(self, a: V, b: V) -> V {
+            self.0.mul(a, b)
+        }
+        #[inline(always)]
+        fn scale(self, a: V, s: f32) -> V {
+            self.0.scale(a, s)
+        }
+        #[inline(always)]
+        fn madd(self, acc: V, a: V, s: f32) -> V {
+            self.0.madd(acc, a, s)
+        }
+        #[inline(always)]
+        fn transpose(self, rows: [V; 8]) -> [V; 8] {
+            self.0.transpose(rows)
+        }
+        #[inline(always)]
+        fn add2(self, a: V2, b: V2) -> V2 {
+            v2(unsafe { _mm512_add_ps(m2(a), m2(b)) })
+        }
+        #[inline(always)]
+        fn sub2(self, a: V2, b: V2) -> V2 {
+            v2(unsafe { _mm512_sub_ps(m2(a), m2(b)) })
+        }
+        #[inline(always)]
+        fn scale2(self, a: V2, s: f32) -> V2 {
+            v2(unsafe { _mm512_mul_ps(m2(a), _mm512_set1_ps(s)) })
+        }
+        #[inline(always)]
+        fn madd2(self, acc: V2, a: V2, s: f32) -> V2 {
+            v2(unsafe { _mm512_fmadd_ps(m2(a), _mm512_set1_ps(s), m2(acc)) })
         }
     }
 
@@ -267,21 +399,18 @@ macro_rules! simd_fn {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512dq,avx512bw")]
             #[allow(clippy::too_many_arguments)]
-            fn avx512(s: $crate::ops::cpu::simd::Avx2, $($arg: $ty),*) $(-> $ret)? {
+            fn avx512(s: $crate::ops::cpu::simd::Avx512, $($arg: $ty),*) $(-> $ret)? {
                 body(s, $($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
+            if let Some(s) = $crate::ops::cpu::simd::Avx512::get() {
+                // SAFETY: `s` exists, so this CPU has AVX-512, AVX2 and FMA.
+                return unsafe { avx512(s, $($arg),*) };
+            }
+            #[cfg(target_arch = "x86_64")]
             if let Some(s) = $crate::ops::cpu::simd::Avx2::get() {
-                // SAFETY: `s` exists, so this CPU has AVX2 and FMA, and `Isa::current` allows
-                // AVX-512 only where the CPU has it.
-                use $crate::ops::cpu::simd::Isa;
-                return unsafe {
-                    if Isa::current() == Isa::Avx512 {
-                        avx512(s, $($arg),*)
-                    } else {
-                        avx2(s, $($arg),*)
-                    }
-                };
+                // SAFETY: `s` exists, so this CPU has AVX2 and FMA.
+                return unsafe { avx2(s, $($arg),*) };
             }
             body($crate::ops::cpu::simd::Plain, $($arg),*)
         }

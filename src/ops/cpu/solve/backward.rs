@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::grid::{fill_padding, lanes_to_rows, load_row, rows_to_lanes, Geometry, Grid};
 use super::kernel::{forward_column, inverse_column};
 use super::{pool, GROUP};
-use crate::ops::cpu::simd::{simd_fn, Isa, Simd, LANES, V};
+use crate::ops::cpu::simd::{halves_mut, simd_fn, Isa, Simd, LANES, V};
 use crate::ops::cpu::solve_grad::{Dims, Wanted};
 use crate::ops::profile::{self, OpKind};
 
@@ -163,6 +163,7 @@ simd_fn! {
         let (mut zr, mut zi) = (pool().take(n), pool().take(n));
         {
             let Grid { re, im, line_re, line_im, scratch, .. } = &mut grid;
+            let scratch = halves_mut(scratch);
             load_padded(geo, (re, im), job.x, count);
             transform(s, geo, (re, im), line_re, line_im, scratch, false);
             let mul = |gr: V, gi: V, (xr, xi): (V, V)| {
@@ -310,6 +311,7 @@ simd_fn! {
             lane_filters(s, job, geo, 1.0 / n as f32, &mut b.g);
         }
         let Grid { re, im, line_re, line_im, scratch, .. } = &mut b.grid;
+        let scratch = halves_mut(scratch);
         let (xr, xi): (&[V], &[V]) = match kept {
             Some(spectrum) => spectrum,
             None if want.dg => {

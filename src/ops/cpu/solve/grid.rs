@@ -4,7 +4,7 @@
 use super::pool::Pool;
 use super::GROUP;
 use crate::ops::cpu::lanes::Plan;
-use crate::ops::cpu::simd::{simd_fn, LANES, V};
+use crate::ops::cpu::simd::{simd_fn, LANES, V, V2};
 use crate::ops::pad::PaddingMode;
 use crate::ops::profile;
 
@@ -31,6 +31,12 @@ pub(crate) struct Geometry {
     /// Whether the inverse row transforms ask for the next row while transforming one: where
     /// the grid (both parts) is [`PREFETCHED_FROM`] bytes or more, and so comes from memory.
     pub(super) reads_ahead: bool,
+    /// Whether the column pass transforms two adjacent columns at once ([`V2`]; the columns
+    /// of a block whose count is odd and the columns that are their own mirror go one at a
+    /// time). Always, but in the bench and the test that set it beside one at a time
+    /// (`cargo bench --bench ops -- solve`: two at a time was faster at every size measured,
+    /// from 260 to 8004 rows).
+    pub(crate) column_pairs: bool,
 }
 
 /// Grids from this size on are read ahead by the inverse row transforms.
@@ -51,6 +57,7 @@ impl Geometry {
             plan_h: Plan::new(hp),
             plan_w: Plan::new(wp),
             reads_ahead: hp * wp * 2 * size_of::<V>() >= PREFETCHED_FROM,
+            column_pairs: true,
         }
     }
 
@@ -93,15 +100,20 @@ pub(crate) struct Grid {
     pub(super) phase_im: Vec<V>,
     pub(super) line_re: Vec<V>,
     pub(super) line_im: Vec<V>,
-    /// At scale 1, the spectra of a column pair `(v, -v)`, one after the other.
-    pub(super) pair_re: Vec<V>,
-    pub(super) pair_im: Vec<V>,
+    /// At scale 1, the spectra of a column pair `(v, -v)`, one after the other; or, where the
+    /// columns are transformed two at a time, of two adjacent columns (interleaved, one
+    /// [`V2`] per row) and then of their mirrors.
+    pub(super) pair_re: Vec<V2>,
+    pub(super) pair_im: Vec<V2>,
     /// A block of up to [`BLOCK`] columns and at scale 1 the block of their mirrors, gathered
     /// row by row: row `i` of column `b` of a block of `nb` at `i * nb + b`, the mirrors' after
-    /// `BLOCK * hp`.
-    pub(super) block_re: Vec<V>,
-    pub(super) block_im: Vec<V>,
-    pub(super) scratch: Vec<V>,
+    /// `BLOCK * hp` (in [`V2`]s, so that two adjacent columns are one).
+    pub(super) block_re: Vec<V2>,
+    pub(super) block_im: Vec<V2>,
+    /// A line of [`V2`], for the columns transformed two at a time.
+    pub(super) line2_re: Vec<V2>,
+    pub(super) line2_im: Vec<V2>,
+    pub(super) scratch: Vec<V2>,
     /// A frequency column of a transfer function made while solving.
     pub(super) column: Vec<V>,
 }
@@ -110,8 +122,10 @@ impl Grid {
     pub(crate) fn new(geo: &Geometry, pool: &Pool) -> Self {
         let n = geo.hp * geo.wp;
         let (phase, pair) = if geo.s > 1 { (n, 0) } else { (0, 2 * geo.hp) };
-        let block = if geo.s > 1 { BLOCK } else { 2 * BLOCK } * geo.hp;
+        let block = if geo.s > 1 { BLOCK } else { 2 * BLOCK } * geo.hp / 2;
         let line = geo.hp.max(geo.wp);
+        let line2 = if geo.column_pairs { geo.hp } else { 0 };
+        // In vectors; as pairs for the columns taken two at a time.
         let scratch = geo.plan_h.scratch_len().max(geo.plan_w.scratch_len());
         Self {
             re: pool.take(n),
@@ -120,11 +134,13 @@ impl Grid {
             phase_im: pool.take(phase),
             line_re: vec![V::default(); line],
             line_im: vec![V::default(); line],
-            pair_re: vec![V::default(); pair],
-            pair_im: vec![V::default(); pair],
-            block_re: vec![V::default(); block],
-            block_im: vec![V::default(); block],
-            scratch: vec![V::default(); scratch],
+            pair_re: vec![V2::default(); pair],
+            pair_im: vec![V2::default(); pair],
+            block_re: vec![V2::default(); block],
+            block_im: vec![V2::default(); block],
+            line2_re: vec![V2::default(); line2],
+            line2_im: vec![V2::default(); line2],
+            scratch: vec![V2::default(); scratch],
             column: vec![V::default(); 4 * geo.hp],
         }
     }

@@ -15,7 +15,7 @@ use super::grid::{fill_padding_rows, fill_row_padding, lanes_to_rows, load_row};
 use super::grid::{Geometry, Grid, BLOCK};
 use super::GROUP;
 use crate::ops::cpu::act::gelu;
-use crate::ops::cpu::simd::{prefetch, simd_fn, Simd, V};
+use crate::ops::cpu::simd::{halves_mut, pairs, pairs_mut, prefetch, simd_fn, Simd, V, V2};
 use crate::ops::profile::{self, OpKind};
 
 impl Grid {
@@ -32,6 +32,7 @@ impl Grid {
             scratch,
             ..
         } = self;
+        let scratch = halves_mut(scratch);
         for i in 0..geo.h {
             load_row(geo, (re, im), planes, count, i);
             let row = (geo.pad + i) * wp;
@@ -193,9 +194,14 @@ simd_fn! {
             pair_im,
             block_re,
             block_im,
+            line2_re,
+            line2_im,
             scratch,
             column,
         } = grid;
+        let (block_re, block_im) = (halves_mut(block_re), halves_mut(block_im));
+        let (pair_re, pair_im) = (halves_mut(pair_re), halves_mut(pair_im));
+        let scratch2 = scratch;
         fill_padding_rows(geo, (re, im));
         let (mut out, count) = match out {
             Some((o, c)) => (Some(o), c),
@@ -208,8 +214,9 @@ simd_fn! {
             };
             // Column by column pair (v, -v), which the filter couples, in blocks of up to
             // BLOCK adjacent columns and the block of their mirrors: each block is gathered
-            // row by row, each column's forward transform, the filter and its inverse run on
-            // the pair's contiguous buffers, and the blocks are scattered back.
+            // row by row; the forward transforms (of two adjacent columns at once, one V2 a
+            // row, where `column_pairs`), the filter and the inverse transforms run on the
+            // pairs' buffers; and the blocks are scattered back.
             let norm = 1.0 / (hp * wp) as f64;
             let t = profile::time_shared(OpKind::Columns, || (hp * wp) as f64);
             // Columns 1..half have their mirror among half..wp; 0 and wp / 2 (wp even) are
@@ -229,32 +236,74 @@ simd_fn! {
                     let into = (&mut b.0[..], &mut b.1[..]);
                     gather_columns((re, im), wp, wp + 1 - v1, nb, into, hp);
                 }
-                for k in 0..nb {
+                // Columns k and k + 1 at once where the block holds both as one V2 (and so
+                // does the mirror block: nb even), else one at a time.
+                let by = if paired && geo.column_pairs && nb % 2 == 0 { 2 } else { 1 };
+                for k in (0..nb).step_by(by) {
                     let v = v0 + k;
-                    // The column at k of the first block, its mirror at nb - 1 - k of the second.
-                    let cols: &[(usize, bool)] = if paired {
-                        &[(k, false), (nb - 1 - k, true)]
+                    // Where each column's spectrum and its mirror's lie in `pair`: (offset of
+                    // the column, of its mirror, stride).
+                    let spots: &[(usize, usize, usize)] = if by == 2 {
+                        // The column pair from block a, its mirrors (nb - 2 - k, nb - 1 - k)
+                        // from block b: spectra interleaved, b's after a's.
+                        let blocks = [(&*a.0, &*a.1, k / 2), (&*b.0, &*b.1, (nb - 2 - k) / 2)];
+                        for (t, (br, bi, at)) in blocks.into_iter().enumerate() {
+                            let src = (pairs(br), pairs(bi));
+                            let (pr, pi) = (pairs_mut(pair_re), pairs_mut(pair_im));
+                            let spectrum = (&mut pr[t * hp..][..hp], &mut pi[t * hp..][..hp]);
+                            geo.plan_h.forward(s, src, (at, nb / 2), spectrum, scratch2);
+                        }
+                        &[(0, 2 * hp + 1, 2), (1, 2 * hp, 2)]
                     } else {
-                        &[(k, false)]
+                        // The column at k of the first block, its mirror at nb - 1 - k of the
+                        // second.
+                        let cols: &[(usize, bool)] = if paired {
+                            &[(k, false), (nb - 1 - k, true)]
+                        } else {
+                            &[(k, false)]
+                        };
+                        for (t, &(at, mirror)) in cols.iter().enumerate() {
+                            let src = if mirror { (&*b.0, &*b.1) } else { (&*a.0, &*a.1) };
+                            let spectrum =
+                                (&mut pair_re[t * hp..][..hp], &mut pair_im[t * hp..][..hp]);
+                            let scratch = halves_mut(scratch2);
+                            geo.plan_h.forward(s, src, (at, nb), spectrum, scratch);
+                        }
+                        &[(0, (cols.len() - 1) * hp, 1)]
                     };
-                    for (t, &(at, mirror)) in cols.iter().enumerate() {
-                        let src = if mirror { (&*b.0, &*b.1) } else { (&*a.0, &*a.1) };
-                        let spectrum =
-                            (&mut pair_re[t * hp..][..hp], &mut pair_im[t * hp..][..hp]);
-                        geo.plan_h.forward(s, src, (at, nb), spectrum, scratch);
+                    for (j, &at) in spots.iter().enumerate() {
+                        let pair = (&mut pair_re[..], &mut pair_im[..]);
+                        // Each column of the transfer function used as it is made.
+                        let work = || (*made_count * hp) as f64;
+                        let t = profile::time_shared(OpKind::Transfer, work);
+                        let width = made.width();
+                        lanes_column(column, made.column(v + j), width, *made_count, norm);
+                        drop(t);
+                        filter_column(s, geo, (column, 0, 1), v + j, None, pair, at);
                     }
-                    let at = (0, (cols.len() - 1) * hp, 1);
-                    let pair = (&mut pair_re[..], &mut pair_im[..]);
-                    // Each column of the transfer function used as it is made.
-                    let work = || (*made_count * hp) as f64;
-                    let t = profile::time_shared(OpKind::Transfer, work);
-                    let width = made.width();
-                    lanes_column(column, made.column(v), width, *made_count, norm);
-                    drop(t);
-                    filter_column(s, geo, (column, 0, 1), v, None, pair, at);
-                    for (t, &(at, mirror)) in cols.iter().enumerate() {
+                    if by == 2 {
+                        // The inverses (the forward transform with the parts swapped), stored
+                        // straight into the blocks.
+                        let blocks = [(&mut *a.0, &mut *a.1, k / 2), (&mut *b.0, &mut *b.1, (nb - 2 - k) / 2)];
+                        for (t, (dr, di, at)) in blocks.into_iter().enumerate() {
+                            let (pr, pi) = (pairs(pair_re), pairs(pair_im));
+                            let spectrum = (&pi[t * hp..][..hp], &pr[t * hp..][..hp]);
+                            let line = (&mut line2_im[..], &mut line2_re[..]);
+                            geo.plan_h.forward(s, spectrum, (0, 1), line, scratch2);
+                            let (dr, di) = (pairs_mut(dr), pairs_mut(di));
+                            for i in 0..hp {
+                                let at = i * (nb / 2) + at;
+                                (dr[at], di[at]) = (line2_re[i], line2_im[i]);
+                            }
+                        }
+                        continue;
+                    }
+                    let n_cols = if paired { 2 } else { 1 };
+                    for t in 0..n_cols {
+                        let (at, mirror) = if t == 0 { (k, false) } else { (nb - 1 - k, true) };
                         // The inverse: the forward transform with the parts swapped.
                         let spectrum = (&pair_im[t * hp..][..hp], &pair_re[t * hp..][..hp]);
+                        let scratch = halves_mut(scratch2);
                         geo.plan_h.forward(s, spectrum, (0, 1), (line_im, line_re), scratch);
                         let (dr, di) = if mirror {
                             (&mut *b.0, &mut *b.1)
@@ -275,6 +324,7 @@ simd_fn! {
             drop(t);
             if let Some(out) = out {
                 let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
+                let scratch = halves_mut(scratch2);
                 for i in 0..geo.h {
                     let line = (&mut line_re[..], &mut line_im[..]);
                     inverse_row(s, geo, (re, im), i, line, scratch, act);
@@ -287,7 +337,8 @@ simd_fn! {
         let (block_re, block_im) = (&mut block_re[..BLOCK * hp], &mut block_im[..BLOCK * hp]);
         let t = profile::time_shared(OpKind::Columns, || (hp * wp) as f64);
         let block = (&mut *block_re, &mut *block_im);
-        transform_columns(s, geo, (re, im), block, (line_re, line_im), scratch, false);
+        let lines = ((&mut line_re[..], &mut line_im[..]), (&mut line2_re[..], &mut line2_im[..]));
+        transform_columns(s, geo, (re, im), block, lines, scratch2, false);
         drop(t);
         let FilterRef::Phases(g) = filter else {
             panic!("at scale s > 1 the transfer functions are built whole")
@@ -303,11 +354,13 @@ simd_fn! {
                 filter_column(s, geo, (gp, v, wq), v, src, (phase_re, phase_im), at);
             }
             let (grid, block) = ((&mut **phase_re, &mut **phase_im), (&mut *block_re, &mut *block_im));
-            transform_columns(s, geo, grid, block, (line_re, line_im), scratch, true);
+            let lines = ((&mut line_re[..], &mut line_im[..]), (&mut line2_re[..], &mut line2_im[..]));
+            transform_columns(s, geo, grid, block, lines, scratch2, true);
             drop(t);
             if let Some(out) = out.as_deref_mut() {
                 let _t = profile::time_shared(OpKind::Rows, || (geo.h * wp) as f64);
                 let (a, b) = (phase / geo.s, phase % geo.s);
+                let scratch = halves_mut(scratch2);
                 for i in 0..geo.h {
                     let line = (&mut line_re[..], &mut line_im[..]);
                     inverse_row(s, geo, (phase_re, phase_im), i, line, scratch, act);
@@ -322,31 +375,60 @@ simd_fn! {
 /// one row is transformed while the next comes in from memory.
 #[inline(always)]
 fn prefetch_row((re, im): (&[V], &[V]), k: usize, len: usize) {
-    // Two vectors per 64-byte cache line.
-    for j in (k..k + len).step_by(2) {
+    // Two vectors per 64-byte cache line; the last one too, for a run that starts mid-line.
+    for j in (k..k + len).step_by(2).chain([k + len - 1]) {
         prefetch(&re[j]);
         prefetch(&im[j]);
     }
 }
 
+/// Rows ahead of the one they copy that the column gathers and scatters ask the caches for: a
+/// column block takes a few cache lines of each row, rows a grid width apart, which the
+/// hardware does not fetch ahead on its own.
+const ROWS_AHEAD: usize = 8;
+
 /// The transforms of every column of the grid `(re, im)`, in place (`inverse`: the forward
 /// transform with the parts swapped), a block of up to [`BLOCK`] adjacent columns at a time:
-/// gathered row by row (whole cache lines), transformed there, scattered back.
+/// gathered row by row (whole cache lines), transformed there (two at a time where
+/// [`Geometry::column_pairs`] says so, one [`V2`] each row), scattered back.
 #[inline(always)]
 fn transform_columns<S: Simd>(
     s: S,
     geo: &Geometry,
     (re, im): (&mut [V], &mut [V]),
     (br, bi): (&mut [V], &mut [V]),
-    (line_re, line_im): (&mut [V], &mut [V]),
-    scratch: &mut [V],
+    ((line_re, line_im), (line2_re, line2_im)): Lines,
+    scratch: &mut [V2],
     inverse: bool,
 ) {
     let (hp, wp) = (geo.hp, geo.wp);
     for c0 in (0..wp).step_by(BLOCK) {
         let nb = BLOCK.min(wp - c0);
         gather_columns((re, im), wp, c0, nb, (&mut *br, &mut *bi), hp);
-        for k in 0..nb {
+        let by = if geo.column_pairs && nb % 2 == 0 {
+            2
+        } else {
+            1
+        };
+        for k in (0..nb).step_by(by) {
+            if by == 2 {
+                let (pr, pi) = (pairs(br), pairs(bi));
+                let at = (k / 2, nb / 2);
+                if inverse {
+                    let out = (&mut *line2_im, &mut *line2_re);
+                    geo.plan_h.forward(s, (pi, pr), at, out, scratch);
+                } else {
+                    let out = (&mut *line2_re, &mut *line2_im);
+                    geo.plan_h.forward(s, (pr, pi), at, out, scratch);
+                }
+                let (pr, pi) = (pairs_mut(br), pairs_mut(bi));
+                for i in 0..hp {
+                    (pr[i * (nb / 2) + k / 2], pi[i * (nb / 2) + k / 2]) =
+                        (line2_re[i], line2_im[i]);
+                }
+                continue;
+            }
+            let scratch = halves_mut(scratch);
             if inverse {
                 let out = (&mut *line_im, &mut *line_re);
                 geo.plan_h.forward(s, (&*bi, &*br), (k, nb), out, scratch);
@@ -362,6 +444,9 @@ fn transform_columns<S: Simd>(
     }
 }
 
+/// A line of vectors and a line of pairs, both parts of each.
+type Lines<'a> = ((&'a mut [V], &'a mut [V]), (&'a mut [V2], &'a mut [V2]));
+
 /// Copies the columns `c0..c0 + nb` of the grid `(re, im)` (`wp` wide, `hp` rows) into a block:
 /// row `i` of column `c0 + b` at `i * nb + b`.
 #[inline(always)]
@@ -374,6 +459,9 @@ fn gather_columns(
     hp: usize,
 ) {
     for i in 0..hp {
+        if i + ROWS_AHEAD < hp {
+            prefetch_row((re, im), (i + ROWS_AHEAD) * wp + c0, nb);
+        }
         copy_run(&mut br[i * nb..][..nb], &re[i * wp + c0..][..nb]);
         copy_run(&mut bi[i * nb..][..nb], &im[i * wp + c0..][..nb]);
     }
@@ -403,6 +491,9 @@ fn scatter_columns(
 ) {
     let wp = geo.wp;
     for i in 0..geo.hp {
+        if i + ROWS_AHEAD < geo.hp {
+            prefetch_row((re, im), (i + ROWS_AHEAD) * wp + c0, nb);
+        }
         copy_run(&mut re[i * wp + c0..][..nb], &br[i * nb..][..nb]);
         copy_run(&mut im[i * wp + c0..][..nb], &bi[i * nb..][..nb]);
     }
@@ -545,5 +636,59 @@ fn filter_column<S: Simd>(
         let (qr, qi) = s.cmul(f[2], f[3], br, bi);
         (dr[mk], di[mk]) = (s.add(pr, qi), s.sub(qr, pi));
         (dr[k], di[k]) = (s.sub(pr, qi), s.add(pi, qr));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::super::{Filters, Geometry, Grid, Pool, GROUP};
+    use crate::ops::cpu::simd::Isa;
+    use crate::ops::pad::PaddingMode;
+    use crate::ops::transfer::Taps;
+
+    /// One group solved with its columns two at a time gives the bits of one at a time, on
+    /// every instruction set, at scale 1 and 2; and AVX-512 gives AVX2's bits. Padded sizes
+    /// with full and partial blocks of four columns, even and odd, and columns that are their
+    /// own mirror.
+    #[test]
+    fn columns_two_at_a_time_give_the_bits_of_one_at_a_time() {
+        let dev = Device::Cpu;
+        let cases = [
+            (1, (9, 12)),
+            (1, (7, 15)),
+            (1, (26, 31)),
+            (2, (9, 12)),
+            (2, (7, 15)),
+        ];
+        for (s, (h, w)) in cases {
+            let kernel = Tensor::rand(0f32, 0.2, (1, GROUP, 3, 3), &dev).unwrap();
+            let lam = Tensor::full(0.05f32, (1, GROUP, 1, 1), &dev).unwrap();
+            let taps = Taps::new(&kernel, &lam).unwrap();
+            let planes: Vec<f32> = (0..GROUP * h * w)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let run = |pairs: bool| {
+                let mut geo = Geometry::new((h, w), 2, s, PaddingMode::Reflect);
+                geo.column_pairs = pairs;
+                let pool = Pool::default();
+                let mut grid = Grid::new(&geo, &pool);
+                let mut out = vec![0f32; GROUP * s * s * h * w];
+                grid.load(&geo, &planes, GROUP);
+                let mut f = Filters(&taps).group(&geo, 0, 0, &pool);
+                grid.solve_into(&geo, &mut f, true, &mut out, GROUP);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let mut by_isa = vec![];
+            for isa in Isa::available() {
+                let (one, two) = (isa.run(|| run(false)), isa.run(|| run(true)));
+                assert!(one == two, "{isa:?} s={s} {h}x{w}");
+                by_isa.push((isa, two));
+            }
+            if let [.., (Isa::Avx2, avx2), (Isa::Avx512, avx512)] = &by_isa[..] {
+                assert!(avx2 == avx512, "s={s} {h}x{w}: AVX-512 against AVX2");
+            }
+        }
     }
 }
