@@ -68,11 +68,17 @@ impl Grid {
 }
 
 /// A thread's buffers for transforming rows of grids outside a group's solve (the fused
-/// block's expand and reduce, which run bands of rows of every grid in parallel).
+/// block's expand and reduce, which run bands of rows of every grid in parallel). Rows go two
+/// at a time where there are two, side by side in one [`V2`] a point.
 pub(crate) struct RowWork {
     line_re: Vec<V>,
     line_im: Vec<V>,
-    scratch: Vec<V>,
+    /// Two rows side by side, and their transforms.
+    zip_re: Vec<V2>,
+    zip_im: Vec<V2>,
+    line2_re: Vec<V2>,
+    line2_im: Vec<V2>,
+    scratch: Vec<V2>,
 }
 
 /// Transforms, in place, the rows of a grid that `rows` holds (`wp` points each, one after
@@ -106,19 +112,64 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// [`transform_rows_in`], two rows at a time where there are two.
+    fn transform_row_pairs(s, geo: &Geometry, rows: (&mut [V], &mut [V]), work: &mut RowWork) {
+        let wp = geo.wp;
+        let (re, im) = rows;
+        let n = re.len() / wp;
+        let RowWork { line_re, line_im, zip_re, zip_im, line2_re, line2_im, scratch } = work;
+        for i in (0..n / 2).map(|i| 2 * i) {
+            let (r0, r1) = re[i * wp..][..2 * wp].split_at_mut(wp);
+            let (i0, i1) = im[i * wp..][..2 * wp].split_at_mut(wp);
+            fill_row_padding(geo, (&mut *r0, &mut *i0));
+            fill_row_padding(geo, (&mut *r1, &mut *i1));
+            zip_rows((r0, i0), (r1, i1), (zip_re, zip_im));
+            let line = (&mut line2_re[..], &mut line2_im[..]);
+            geo.plan_w.forward(s, (&zip_re[..], &zip_im[..]), (0, 1), line, scratch);
+            for j in 0..wp {
+                [r0[j], r1[j]] = line2_re[j].0;
+                [i0[j], i1[j]] = line2_im[j].0;
+            }
+        }
+        if n % 2 == 1 {
+            let last = ((&mut re[(n - 1) * wp..]), (&mut im[(n - 1) * wp..]));
+            let line = (&mut line_re[..], &mut line_im[..]);
+            transform_rows_in(geo, last, line, halves_mut(scratch));
+        }
+    }
+}
+
+/// Two rows side by side: point `j` of row `h` (both parts) in half `h` of `zip[j]`.
+#[inline(always)]
+fn zip_rows(
+    (r0, i0): (&[V], &[V]),
+    (r1, i1): (&[V], &[V]),
+    (zip_re, zip_im): (&mut [V2], &mut [V2]),
+) {
+    for (j, (zr, zi)) in zip_re.iter_mut().zip(zip_im.iter_mut()).enumerate() {
+        (*zr, *zi) = (V2([r0[j], r1[j]]), V2([i0[j], i1[j]]));
+    }
+}
+
 impl RowWork {
     pub(crate) fn new(geo: &Geometry) -> Self {
+        let wp = geo.wp;
         Self {
-            line_re: vec![V::default(); geo.wp],
-            line_im: vec![V::default(); geo.wp],
-            scratch: vec![V::default(); geo.plan_w.scratch_len()],
+            line_re: vec![V::default(); wp],
+            line_im: vec![V::default(); wp],
+            zip_re: vec![V2::default(); wp],
+            zip_im: vec![V2::default(); wp],
+            line2_re: vec![V2::default(); wp],
+            line2_im: vec![V2::default(); wp],
+            scratch: vec![V2::default(); geo.plan_w.scratch_len()],
         }
     }
 
     /// Transforms rows of a grid in place, as [`transform_rows`].
     pub(crate) fn transform(&mut self, geo: &Geometry, rows: (&mut [V], &mut [V])) {
-        let line = (&mut self.line_re[..], &mut self.line_im[..]);
-        transform_rows(geo, rows, line, &mut self.scratch)
+        let _t = profile::time_shared(OpKind::Rows, || rows.0.len() as f64);
+        transform_row_pairs(geo, rows, self)
     }
 
     /// The inverse transforms of the image rows `rows` of a solved grid `(re, im)`
@@ -130,39 +181,63 @@ impl RowWork {
         grid: &Grid,
         rows: Range<usize>,
         act: bool,
-        (out_re, out_im): (&mut [V], &mut [V]),
+        out: (&mut [V], &mut [V]),
     ) {
         let work = || (rows.len() * geo.wp) as f64;
         let _t = profile::time_shared(OpKind::Rows, work);
-        let line = (&mut self.line_re[..], &mut self.line_im[..]);
         let grid = (&grid.re[..], &grid.im[..]);
-        inverse_rows_in(
-            geo,
-            grid,
-            rows,
-            act,
-            line,
-            &mut self.scratch,
-            (out_re, out_im),
-        )
+        inverse_rows_in(geo, grid, rows, act, self, out)
     }
 }
 
 simd_fn! {
+    /// [`RowWork::inverse_rows`], two rows at a time where there are two.
     fn inverse_rows_in(
         s,
         geo: &Geometry,
         grid: (&[V], &[V]),
         rows: Range<usize>,
         act: bool,
-        line: (&mut [V], &mut [V]),
-        scratch: &mut [V],
+        work: &mut RowWork,
         out: (&mut [V], &mut [V]),
     ) {
-        let ((line_re, line_im), (out_re, out_im)) = (line, out);
-        let (pad, w) = (geo.pad, geo.w);
-        for (k, i) in rows.enumerate() {
-            inverse_row(s, geo, grid, i, (&mut *line_re, &mut *line_im), scratch, act);
+        let RowWork { line_re, line_im, zip_re, zip_im, line2_re, line2_im, scratch } = work;
+        let (out_re, out_im) = out;
+        let (dr, di) = grid;
+        let (wp, pad, w) = (geo.wp, geo.pad, geo.w);
+        let n = rows.len();
+        for k in (0..n / 2).map(|k| 2 * k) {
+            let i = rows.start + k;
+            let at = (pad + i) * wp;
+            if geo.reads_ahead && i + 3 < geo.h {
+                prefetch_row((dr, di), at + 2 * wp, 2 * wp);
+            }
+            let row = |h: usize| (&dr[at + h * wp..][..wp], &di[at + h * wp..][..wp]);
+            zip_rows(row(0), row(1), (zip_re, zip_im));
+            // The inverse: the forward transform with the parts swapped.
+            let line = (&mut line2_im[..], &mut line2_re[..]);
+            geo.plan_w.forward(s, (&zip_im[..], &zip_re[..]), (0, 1), line, scratch);
+            let inner = (&mut line2_re[pad..pad + w], &mut line2_im[pad..pad + w]);
+            if act {
+                for v in inner.0.iter_mut().chain(inner.1.iter_mut()) {
+                    for half in v.0.iter_mut() {
+                        for x in half.0.iter_mut() {
+                            *x = gelu(*x);
+                        }
+                    }
+                }
+            }
+            for h in 0..2 {
+                let (or, oi) = (&mut out_re[(k + h) * w..][..w], &mut out_im[(k + h) * w..][..w]);
+                for j in 0..w {
+                    (or[j], oi[j]) = (inner.0[j].0[h], inner.1[j].0[h]);
+                }
+            }
+        }
+        if n % 2 == 1 {
+            let (k, i) = (n - 1, rows.end - 1);
+            let line = (&mut line_re[..], &mut line_im[..]);
+            inverse_row(s, geo, grid, i, line, halves_mut(scratch), act);
             out_re[k * w..][..w].copy_from_slice(&line_re[pad..pad + w]);
             out_im[k * w..][..w].copy_from_slice(&line_im[pad..pad + w]);
         }
