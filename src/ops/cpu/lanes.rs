@@ -721,61 +721,41 @@ pub(crate) trait Line: Copy + Default {
     );
 }
 
-impl Line for V {
-    #[inline(always)]
-    fn add<S: Simd>(s: S, a: V, b: V) -> V {
-        s.add(a, b)
-    }
-    #[inline(always)]
-    fn sub<S: Simd>(s: S, a: V, b: V) -> V {
-        s.sub(a, b)
-    }
-    #[inline(always)]
-    fn scale<S: Simd>(s: S, a: V, c: f32) -> V {
-        s.scale(a, c)
-    }
-    #[inline(always)]
-    fn madd<S: Simd>(s: S, acc: V, a: V, c: f32) -> V {
-        s.madd(acc, a, c)
-    }
-    fn transform(
-        plan: &Plan,
-        x: (&[V], &[V]),
-        at: (usize, usize),
-        out: (&mut [V], &mut [V]),
-        scratch: &mut [V],
-    ) {
-        transform(plan, x, at, out, scratch)
-    }
+/// [`Line`] for a vector type: the token's arithmetic for it and its compiled transform.
+macro_rules! line {
+    ($t:ty, $add:ident, $sub:ident, $scale:ident, $madd:ident, $transform:ident) => {
+        impl Line for $t {
+            #[inline(always)]
+            fn add<S: Simd>(s: S, a: $t, b: $t) -> $t {
+                s.$add(a, b)
+            }
+            #[inline(always)]
+            fn sub<S: Simd>(s: S, a: $t, b: $t) -> $t {
+                s.$sub(a, b)
+            }
+            #[inline(always)]
+            fn scale<S: Simd>(s: S, a: $t, c: f32) -> $t {
+                s.$scale(a, c)
+            }
+            #[inline(always)]
+            fn madd<S: Simd>(s: S, acc: $t, a: $t, c: f32) -> $t {
+                s.$madd(acc, a, c)
+            }
+            fn transform(
+                plan: &Plan,
+                x: (&[$t], &[$t]),
+                at: (usize, usize),
+                out: (&mut [$t], &mut [$t]),
+                scratch: &mut [$t],
+            ) {
+                $transform(plan, x, at, out, scratch)
+            }
+        }
+    };
 }
 
-impl Line for V2 {
-    #[inline(always)]
-    fn add<S: Simd>(s: S, a: V2, b: V2) -> V2 {
-        s.add2(a, b)
-    }
-    #[inline(always)]
-    fn sub<S: Simd>(s: S, a: V2, b: V2) -> V2 {
-        s.sub2(a, b)
-    }
-    #[inline(always)]
-    fn scale<S: Simd>(s: S, a: V2, c: f32) -> V2 {
-        s.scale2(a, c)
-    }
-    #[inline(always)]
-    fn madd<S: Simd>(s: S, acc: V2, a: V2, c: f32) -> V2 {
-        s.madd2(acc, a, c)
-    }
-    fn transform(
-        plan: &Plan,
-        x: (&[V2], &[V2]),
-        at: (usize, usize),
-        out: (&mut [V2], &mut [V2]),
-        scratch: &mut [V2],
-    ) {
-        transform2(plan, x, at, out, scratch)
-    }
-}
+line!(V, add, sub, scale, madd, transform);
+line!(V2, add2, sub2, scale2, madd2, transform2);
 
 /// `S`'s arithmetic on `T`, which the transform calls as it would the token's on [`V`].
 struct On<S, T>(S, PhantomData<T>);
