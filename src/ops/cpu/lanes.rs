@@ -8,8 +8,12 @@
 //! [`RADER_ABOVE`]; the others above [`BLUESTEIN_ABOVE`] take Bluestein's, a convolution by a
 //! sub-plan of length `2^a` or `3 x 2^a`, and the rest the direct DFT. So every length is
 //! O(n log n) and the tables O(n). rustfft handles one transform at a time; here every
-//! operation works on `LANES` values, whatever the factors. The CPU's fused Converse2D solve
-//! ([`crate::ops::cpu::solve`]) is its only user.
+//! operation works on `LANES` values, whatever the factors, or on twice as many: the transform
+//! is generic over the vector it runs on ([`Line`]: [`V`], or [`V2`], two lines side by side,
+//! one AVX-512 register), each lane taking the same operations either way. Where a transform's
+//! points fit in half of L1 ([`IN_CACHE`]) the stages run depth first, sub-transform by
+//! sub-transform. The CPU's fused Converse2D solve ([`crate::ops::cpu::solve`]) is its only
+//! user.
 
 use std::f64::consts::PI;
 use std::marker::PhantomData;
@@ -376,7 +380,7 @@ impl Plan {
         T::transform(self, x, at, out, scratch)
     }
 
-    /// [`Self::forward`], inlined into [`transform`].
+    /// [`Self::forward`], inlined into [`transform`] and [`transform2`].
     #[inline(always)]
     fn run<S: Simd, T: Line>(
         &self,

@@ -125,7 +125,7 @@ impl Grid {
         let block = if geo.s > 1 { BLOCK } else { 2 * BLOCK } * geo.hp / 2;
         let line = geo.hp.max(geo.wp);
         let line2 = if geo.column_pairs { geo.hp } else { 0 };
-        // In vectors; as pairs for the columns taken two at a time.
+        // A plan's scratch in pairs (for two lines at once; a line alone takes its vectors).
         let scratch = geo.plan_h.scratch_len().max(geo.plan_w.scratch_len());
         Self {
             re: pool.take(n),
