@@ -1,7 +1,9 @@
 //! CPU benchmark of the fused kernels' units of work, each on the instruction set this CPU
 //! has ([`converse::ops::simd_level`]):
-//! - `lanes`: the lane FFT per length, and the direct DFT, Rader's and Bluestein's algorithms
-//!   for lengths with one large prime factor (which one the solve takes is marked);
+//! - `lanes`: the lane FFT per length, and the direct DFT, Rader's (its sub-plan direct) and
+//!   Bluestein's (at a length `2^a` or `3 x 2^a`) for lengths with one large prime factor
+//!   (which one the solve takes is marked), then the solve's own plan of the photo lengths
+//!   (whose primes the cost model may give nested Rader or other Bluestein lengths);
 //! - `solve`: one group's solve at scale 1 (256 x 256, padding 2 and 6; `SOLVE=HxW+P,...` for
 //!   others), its transfer functions made while solving, with the time per grid point of its
 //!   passes along the rows and along the columns, its columns transformed two at a time and
@@ -68,7 +70,7 @@ fn lanes() {
         17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 67, 79, 89, 101, 127, 151, 181, 211, 251, 307, 331,
         353, 373, 383, 389, 401, 421, 457, 503,
     ];
-    let photo = [260, 268, 1006, 1028, 3004, 3012, 4006];
+    let photo = [260, 268, 778, 1006, 1028, 1031, 3004, 3012, 4006, 4007];
     let mut at = HashMap::new();
     for n in primes.iter().map(|p| 2 * p).chain(photo) {
         let p = *factors(n).last().unwrap_or(&1);

@@ -5,9 +5,9 @@
 //! up to [`RADER_ABOVE`] a direct DFT over conjugate pairs. Larger primes (photo sizes pad to
 //! e.g. 1028 = 4 x 257, 3004 = 4 x 751) take Rader's algorithm, a cyclic convolution of length
 //! `p - 1` by a sub-plan of that length, where `p - 1` has no prime factor above
-//! [`RADER_ABOVE`]; the others above [`BLUESTEIN_ABOVE`] take Bluestein's, a convolution by a
-//! sub-plan of length `2^a` or `3 x 2^a`, and the rest the direct DFT. So every length is
-//! O(n log n) and the tables O(n). rustfft handles one transform at a time; here every
+//! [`RADER_ABOVE`]; the others the cheapest, by a cost model ([`cost`]), of the direct DFT,
+//! Rader's (its sub-plan planned the same way) and Bluestein's, a convolution by a sub-plan of
+//! a length without a prime factor above 13. So every length is O(n log n). rustfft handles one transform at a time; here every
 //! operation works on `LANES` values, whatever the factors, or on twice as many: the transform
 //! is generic over the vector it runs on ([`Line`]: [`V`], or [`V2`], two lines side by side,
 //! one AVX-512 register), each lane taking the same operations either way. Where a transform's
@@ -28,8 +28,97 @@ use crate::ops::cpu::simd::{simd_fn, Simd, V, V2};
 /// --bench ops -- lanes` prints the direct DFT, Rader's and Bluestein's per length).
 const RADER_ABOVE: usize = 90;
 
-/// Other primes above this take Bluestein's algorithm, the rest the direct DFT.
-const BLUESTEIN_ABOVE: usize = 360;
+/// How a plan takes its primes above the unrolled ones.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    /// By the cost model ([`cost::method`]).
+    Cheapest,
+    /// Rader's algorithm above the first where `p - 1` has no prime factor above it,
+    /// Bluestein's above the second (at a length `2^a` or `3 x 2^a`), else the direct DFT.
+    Thresholds(usize, usize),
+}
+
+/// How one prime factor is transformed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Method {
+    Direct,
+    Rader,
+    /// At this convolution length.
+    Bluestein(usize),
+}
+
+/// The planner's model of what a transform costs, in nanoseconds per point on one line of
+/// [`V`] (fitted to `cargo bench --bench ops -- lanes` on AVX-512 at 100 to 4096 points). It
+/// only ranks the ways of transforming one large prime, so its scale does not matter.
+mod cost {
+    use super::{factors, Method, RADER_ABOVE};
+
+    /// A stage of radix 4, 2 or an unrolled prime, per point.
+    fn stage(p: usize) -> f64 {
+        match p {
+            1 => 0.0,
+            2 => 1.8,
+            3 | 5 => 2.2,
+            4 => 1.9,
+            7 => 2.4,
+            11 => 2.7,
+            13 => 3.4,
+            _ => method(p).1,
+        }
+    }
+
+    /// A whole transform of length `n` planned by [`method`].
+    pub(super) fn plan(n: usize) -> f64 {
+        n as f64 * factors(n).into_iter().map(stage).sum::<f64>()
+    }
+
+    /// How the odd prime `p` above the unrolled ones is transformed, and what it costs per
+    /// point: the direct DFT up to [`RADER_ABOVE`] and Rader's algorithm where `p - 1` has no
+    /// prime factor above it (as measured); otherwise the cheapest of the direct DFT
+    /// (`O(p)` per point), Rader's (two transforms of `p - 1`, planned the same way, and
+    /// three passes over the points) and Bluestein's (two transforms of the cheapest length
+    /// from `2p - 1` to twice that without a prime factor above 13, and three passes).
+    pub(super) fn method(p: usize) -> (Method, f64) {
+        let direct = (Method::Direct, 3.3 + 0.135 * p as f64);
+        if p <= RADER_ABOVE {
+            return direct;
+        }
+        let rader = (Method::Rader, 4.5 + 2.0 * plan(p - 1) / p as f64);
+        if factors(p - 1).iter().all(|&q| q <= RADER_ABOVE) {
+            return rader;
+        }
+        let (lo, hi) = (2 * p - 1, 4 * p - 2);
+        let m = smooth_lengths(lo, hi)
+            .min_by(|&a, &b| plan(a).total_cmp(&plan(b)))
+            .expect("a power of two lies between lo and 2 lo");
+        let bluestein = (
+            Method::Bluestein(m),
+            (2.0 * plan(m) + 4.0 * m as f64) / p as f64,
+        );
+        [direct, rader, bluestein]
+            .into_iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("three methods")
+    }
+
+    /// The lengths in `lo..=hi` without a prime factor above 13, ascending.
+    fn smooth_lengths(lo: usize, hi: usize) -> impl Iterator<Item = usize> {
+        let mut all = vec![1usize];
+        for p in [2, 3, 5, 7, 11, 13] {
+            let mut more = vec![];
+            for &a in &all {
+                let mut x = a * p;
+                while x <= hi {
+                    more.push(x);
+                    x *= p;
+                }
+            }
+            all.extend(more);
+        }
+        all.sort_unstable();
+        all.into_iter().filter(move |&m| m >= lo)
+    }
+}
 
 /// Bytes of a transform's points (both parts) that the stages run on depth first, sub-transform
 /// by sub-transform, so that they stay in the L1 cache (half of a 48 KiB one, leaving room for
@@ -61,15 +150,25 @@ struct Chirp {
     /// The DFT of the chirp (`w_j` at `j` and `m - j`), divided by `m`.
     b_re: Vec<f32>,
     b_im: Vec<f32>,
-    /// Of the smooth length `m` (factors 4, 2 and 3 only).
+    /// Of the smooth length `m` (no prime factor above 13).
     sub: Plan,
 }
 
 impl Chirp {
-    fn new(p: usize) -> Self {
-        // The smallest 2^a or 3 * 2^a that holds the linear convolution.
+    /// The smallest `2^a` or `3 x 2^a` that holds the linear convolution for the prime `p`.
+    fn power_of_two_length(p: usize) -> usize {
         let m = (2 * p - 1).next_power_of_two();
-        let m = if m / 4 * 3 >= 2 * p - 1 { m / 4 * 3 } else { m };
+        if m / 4 * 3 >= 2 * p - 1 {
+            m / 4 * 3
+        } else {
+            m
+        }
+    }
+
+    /// For the prime `p`, convolving at the length `m` (at least `2p - 1`, its prime factors
+    /// unrolled ones).
+    fn new(p: usize, m: usize) -> Self {
+        assert!(m >= 2 * p - 1 && factors(m).iter().all(|&f| f <= 13));
         // j^2 mod 2p in integers, so the angle stays exact.
         let w: Vec<Complex<f64>> = (0..p as u64)
             .map(|j| {
@@ -148,7 +247,9 @@ fn primitive_root(p: usize) -> usize {
 }
 
 impl Rader {
-    fn new(p: usize) -> Self {
+    /// For the prime `p`, its convolution by `sub` (a plan of length `p - 1`).
+    fn new(p: usize, sub: Plan) -> Self {
+        assert_eq!(sub.n, p - 1);
         let l = p - 1;
         let g = primitive_root(p);
         let gather: Vec<usize> = (0..l).map(|q| pow_mod(g, q, p)).collect();
@@ -168,7 +269,7 @@ impl Rader {
             scatter,
             b_re: b.iter().map(|b| (b.re * norm) as f32).collect(),
             b_im: b.iter().map(|b| (b.im * norm) as f32).collect(),
-            sub: Plan::build(l, usize::MAX, usize::MAX),
+            sub,
         }
     }
 
@@ -256,13 +357,21 @@ pub(crate) fn factors(mut n: usize) -> Vec<usize> {
 }
 
 impl Plan {
+    /// The plan the solve uses: each prime factor above the unrolled ones by the cheapest of
+    /// the direct DFT, Rader's and Bluestein's algorithms ([`cost::method`]).
     pub(crate) fn new(n: usize) -> Self {
-        Self::build(n, RADER_ABOVE, BLUESTEIN_ABOVE)
+        Self::picking(n, Pick::Cheapest)
     }
 
-    /// A plan whose primes above `rader` take Rader's algorithm where `p - 1` has no prime
-    /// factor above `rader`, and the other primes above `bluestein` Bluestein's.
+    /// A plan whose primes above `rader` take Rader's algorithm (the sub-plan direct) where
+    /// `p - 1` has no prime factor above `rader`, the other primes above `bluestein` Bluestein's
+    /// (at a length `2^a` or `3 x 2^a`), and the rest the direct DFT; the bench sets them side
+    /// by side.
     pub(crate) fn build(n: usize, rader: usize, bluestein: usize) -> Self {
+        Self::picking(n, Pick::Thresholds(rader, bluestein))
+    }
+
+    fn picking(n: usize, pick: Pick) -> Self {
         assert!(n >= 1);
         // Top level first; the largest factor ends up at the leaves, where it needs no twiddles.
         let f = factors(n);
@@ -300,13 +409,29 @@ impl Plan {
                 continue;
             }
             let seen = raders.iter().any(|r| r.p == p) || chirps.iter().any(|c| c.p == p);
-            if p > rader && factors(p - 1).iter().all(|&q| q <= rader) {
-                if !seen {
-                    raders.push(Rader::new(p));
+            let method = match pick {
+                Pick::Cheapest => cost::method(p).0,
+                Pick::Thresholds(rader, _)
+                    if p > rader && factors(p - 1).iter().all(|&q| q <= rader) =>
+                {
+                    Method::Rader
                 }
-            } else if p > bluestein {
+                Pick::Thresholds(_, bluestein) if p > bluestein => {
+                    Method::Bluestein(Chirp::power_of_two_length(p))
+                }
+                Pick::Thresholds(..) => Method::Direct,
+            };
+            if let Method::Rader = method {
                 if !seen {
-                    chirps.push(Chirp::new(p));
+                    let sub = match pick {
+                        Pick::Cheapest => Plan::new(p - 1),
+                        Pick::Thresholds(..) => Plan::build(p - 1, usize::MAX, usize::MAX),
+                    };
+                    raders.push(Rader::new(p, sub));
+                }
+            } else if let Method::Bluestein(m) = method {
+                if !seen {
+                    chirps.push(Chirp::new(p, m));
                 }
             } else if !odd.iter().any(|o| o.p == p) {
                 let h = (p - 1) / 2;
@@ -970,7 +1095,11 @@ mod tests {
             4006,
             101 * 103,
         ];
-        for n in small.chain(rader).chain([1006, 2 * 383]) {
+        // The cost model's other choices: Rader's algorithm over a sub-plan with Rader's in
+        // it (809 - 1 = 8 x 101), Bluestein's at lengths with factors 5 to 13 (1031 at
+        // 2156 = 4 x 7² x 11, 389 at 847 = 7 x 11²), the direct DFT of 227.
+        let modelled = [809, 1031, 2 * 389, 2 * 227];
+        for n in small.chain(rader).chain([1006, 2 * 383]).chain(modelled) {
             check_against_the_plain_dft(Plan::new(n));
         }
         // The direct DFT of primes above the thresholds, and Bluestein's algorithm at a stage,
@@ -990,6 +1119,20 @@ mod tests {
         assert!(plan.odd.iter().any(|o| o.p == 89));
         // 383 - 1 = 2 x 191.
         assert_eq!(Plan::new(2 * 383).bluestein_primes(), [383]);
+        // Where `p - 1` has a prime factor above RADER_ABOVE: the cheapest by the model.
+        let nested = Plan::new(809);
+        assert_eq!(nested.rader_primes(), [809]);
+        assert_eq!(nested.raders[0].sub.rader_primes(), [101]);
+        let chirp = Plan::new(1031);
+        assert_eq!(chirp.bluestein_primes(), [1031]);
+        assert_eq!(chirp.chirps[0].sub.n, 4 * 7 * 7 * 11);
+        assert_eq!(Plan::new(2 * 389).chirps[0].sub.n, 7 * 11 * 11);
+        assert!(Plan::new(2 * 227).odd.iter().any(|o| o.p == 227));
+        // The thresholds the bench sets keep the power-of-two lengths and direct sub-plans.
+        let old = Plan::build(1031, 90, 360);
+        assert_eq!(old.chirps[0].sub.n, 3 * 1024);
+        let old = Plan::build(809, 101, usize::MAX);
+        assert_eq!(old.raders[0].sub.rader_primes(), Vec::<usize>::new());
     }
 
     /// The unrolled butterflies of the small primes give the general odd butterfly's bits.
