@@ -12,7 +12,8 @@
 //! - `transfer`: one group's transfer-function columns at scale 1 in f64, per kernel size;
 //! - `sweep`: the lane FFT at every length from 64 to 8192 (`SWEEP=LO..HI` for others), its
 //!   cost per point against the best of the nearest smooth lengths (`2^a 3^b`) above and below;
-//!   prints the lengths over 1.5x (`SWEEP_SHOW=R`: over R) and the worst ratio.
+//!   prints the lengths over 1.5x (`SWEEP_SHOW=R`: over R), the worst ratio and how many
+//!   lengths are over 1.5x, 2x, 3x, 4x and 5x.
 //!
 //! ```sh
 //! cargo bench --bench ops                  # all
@@ -138,14 +139,17 @@ fn sweep() -> Res<()> {
     let show: f64 = std::env::var("SWEEP_SHOW").map_or(Ok(1.5), |s| s.parse())?;
     let mut cost: HashMap<usize, f64> = HashMap::new();
     let mut at = |n: usize| *cost.entry(n).or_insert_with(|| quick_ns(n));
-    let (mut worst, mut worst_n, mut over) = (0.0f64, 0, 0);
+    let (mut worst, mut worst_n) = (0.0f64, 0);
+    // Lengths over each of these ratios.
+    let limits = [1.5, 2.0, 3.0, 4.0, 5.0];
+    let mut over = [0usize; 5];
     for n in lo.max(2)..=hi {
         let below = (1..=n).rev().find(|&m| smooth(m)).unwrap_or(1).max(2);
         let above = (n..).find(|&m| smooth(m)).unwrap_or(n);
         let best = at(below).min(at(above));
         let ratio = at(n) / best;
-        if ratio > 1.5 {
-            over += 1;
+        for (count, limit) in over.iter_mut().zip(limits) {
+            *count += usize::from(ratio > limit);
         }
         if ratio > show {
             println!("n={n:5} {:?}: {ratio:.2}x of {best:.3} ns", factors(n));
@@ -154,9 +158,15 @@ fn sweep() -> Res<()> {
             (worst, worst_n) = (ratio, n);
         }
     }
+    let counts: Vec<String> = over
+        .iter()
+        .zip(limits)
+        .map(|(n, limit)| format!("{n} over {limit}x"))
+        .collect();
     println!(
-        "lengths {lo}..={hi}: worst {worst:.2}x at n={worst_n} {:?}; {over} over 1.5x",
-        factors(worst_n)
+        "lengths {lo}..={hi}: worst {worst:.2}x at n={worst_n} {:?}; {}",
+        factors(worst_n),
+        counts.join(", ")
     );
     Ok(())
 }
