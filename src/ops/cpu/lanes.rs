@@ -7,13 +7,13 @@
 //! `p - 1` by a sub-plan of that length, where `p - 1` has no prime factor above
 //! [`RADER_ABOVE`]; the others the cheapest, by a cost model ([`cost`]), of the direct DFT,
 //! Rader's (its sub-plan planned the same way) and Bluestein's, a convolution by a sub-plan of
-//! a length without a prime factor above 13. So every length is O(n log n). rustfft handles one transform at a time; here every
-//! operation works on `LANES` values, whatever the factors, or on twice as many: the transform
-//! is generic over the vector it runs on ([`Line`]: [`V`], or [`V2`], two lines side by side,
-//! one AVX-512 register), each lane taking the same operations either way. Where a transform's
-//! points fit in half of L1 ([`IN_CACHE`]) the stages run depth first, sub-transform by
-//! sub-transform. The CPU's fused Converse2D solve ([`crate::ops::cpu::solve`]) is its only
-//! user.
+//! a length without a prime factor above 13. So every length is O(n log n). rustfft handles
+//! one transform at a time; here every operation works on `LANES` values, whatever the
+//! factors, or on twice as many: the transform is generic over the vector it runs on
+//! ([`Line`]: [`V`], or [`V2`], two lines side by side, one AVX-512 register), each lane
+//! taking the same operations either way. Where a transform's points fit in half of L1
+//! ([`IN_CACHE`]) the stages run depth first, sub-transform by sub-transform. The CPU's fused
+//! Converse2D solve ([`crate::ops::cpu::solve`]) is its only user.
 
 use std::f64::consts::PI;
 use std::marker::PhantomData;
