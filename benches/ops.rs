@@ -4,6 +4,7 @@
 //!   Bluestein's (at a length `2^a` or `3 x 2^a`) for lengths with one large prime factor
 //!   (which one the solve takes is marked), then the solve's own plan of the photo lengths
 //!   (whose primes the cost model may give nested Rader or other Bluestein lengths);
+//!   `LANES=N,...`: only those lengths as planned, one line and two at a time;
 //! - `solve`: one group's solve at scale 1 (256 x 256, padding 2 and 6; `SOLVE=HxW+P,...` for
 //!   others), its transfer functions made while solving, with the time per grid point of its
 //!   passes along the rows and along the columns, its columns transformed two at a time and
@@ -56,6 +57,22 @@ fn fft_pairs_us(mut fft: LaneFft) -> f64 {
 }
 
 fn lanes() {
+    if let Ok(list) = std::env::var("LANES") {
+        for n in list
+            .split(',')
+            .filter_map(|v| v.trim().parse::<usize>().ok())
+        {
+            let (one, two) = (fft_us(LaneFft::new(n)), fft_pairs_us(LaneFft::new(n)));
+            println!(
+                "n={n:5} {:?} as planned: {one:8.2} us per transform ({:.2} ns per point), \
+                 {two:8.2} in pairs ({:.2})",
+                factors(n),
+                one * 1e3 / n as f64,
+                two * 1e3 / n as f64,
+            );
+        }
+        return;
+    }
     for m in [
         216, 243, 256, 288, 384, 432, 512, 648, 768, 864, 1024, 1296, 1536, 2048, 3072, 4096,
     ] {
