@@ -58,18 +58,11 @@ fn fft_pairs_us(mut fft: LaneFft) -> f64 {
 
 fn lanes() {
     if let Ok(list) = std::env::var("LANES") {
-        for n in list
-            .split(',')
-            .filter_map(|v| v.trim().parse::<usize>().ok())
-        {
-            let (one, two) = (fft_us(LaneFft::new(n)), fft_pairs_us(LaneFft::new(n)));
-            println!(
-                "n={n:5} {:?} as planned: {one:8.2} us per transform ({:.2} ns per point), \
-                 {two:8.2} in pairs ({:.2})",
-                factors(n),
-                one * 1e3 / n as f64,
-                two * 1e3 / n as f64,
-            );
+        for v in list.split(',') {
+            match v.trim().parse::<usize>() {
+                Ok(n) if n >= 2 => planned(n),
+                _ => println!("LANES: {v:?} is not a length of 2 or more"),
+            }
         }
         return;
     }
@@ -113,8 +106,7 @@ fn lanes() {
         at.insert(n, (d, plan));
     }
     for n in photo {
-        let (one, two) = (fft_us(LaneFft::new(n)), fft_pairs_us(LaneFft::new(n)));
-        println!("n={n:5} as planned: {one:8.2} us per transform, {two:8.2} in pairs");
+        planned(n);
     }
     // The transforms of one group at 3004 x 4006 (scale 1): rows and columns, both ways.
     let (d4, d3) = (at[&4006].0, at[&3004].0);
@@ -122,6 +114,19 @@ fn lanes() {
     let group = |t4: f64, t3: f64| 2.0 * (3004.0 * t4 + 4006.0 * t3) / 1e3;
     let (d, u) = (group(d4, d3), group(u4, u3));
     println!("one group's FFTs at 3004 x 4006: direct {d:.0} ms, as planned {u:.0} ms");
+}
+
+/// Prints the solve's plan of length `n`: its time per transform of 8 lines, one line and two at
+/// a time.
+fn planned(n: usize) {
+    let (one, two) = (fft_us(LaneFft::new(n)), fft_pairs_us(LaneFft::new(n)));
+    println!(
+        "n={n:5} {:?} as planned: {one:8.2} us per transform ({:.2} ns per point), \
+         {two:8.2} in pairs ({:.2})",
+        factors(n),
+        one * 1e3 / n as f64,
+        two * 1e3 / n as f64,
+    );
 }
 
 /// Nanoseconds per `n log2(n)` of one transform of length `n`: the best of three batches of
